@@ -1,0 +1,15 @@
+//! Slipway: immutable OS images for bare-metal Kubernetes.
+//!
+//! Data flows one way (see docs/architecture.md): `cluster` (validated model) ->
+//! `pki` (secrets, generated once) -> `render` (per-node files and Ignition, pure) ->
+//! `out` (atomic writes). The CLI in `main.rs` only parses arguments and calls [`pipeline`].
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cluster;
+pub mod fsutil;
+pub mod out;
+pub mod pipeline;
+pub mod pki;
+pub mod profile;
+pub mod render;

@@ -1,0 +1,177 @@
+//! The `slipway` command line: argument parsing and printing only; the work is in the
+//! library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use slipway::cluster::Cluster;
+use slipway::pipeline;
+use slipway::pki::EnsureOptions;
+use slipway::profile::DataDir;
+
+/// Immutable OS images for bare-metal Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, about)]
+struct Cli {
+    /// Directory holding profiles/ and overlays/ [default: $SLIPWAY_DATA_DIR, else the
+    /// source tree slipway was built from]
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print a machine-readable JSON summary on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Check a cluster definition and print every problem found
+    Check {
+        /// The cluster definition
+        cluster: PathBuf,
+    },
+    /// Generate the cluster PKI once, or re-issue what the cluster definition changed
+    Secrets {
+        /// The cluster definition
+        cluster: PathBuf,
+        /// Secrets directory [default: secrets/ beside CLUSTER]
+        #[arg(long, value_name = "DIR")]
+        secrets: Option<PathBuf>,
+        /// Also re-issue leaf certificates that expire within this many days
+        #[arg(long, value_name = "DAYS")]
+        renew_within_days: Option<u32>,
+    },
+    /// Render every node's files and Ignition config into DIR/nodes
+    Render {
+        /// The cluster definition
+        cluster: PathBuf,
+        /// Output directory
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Secrets directory [default: secrets/ beside CLUSTER]
+        #[arg(long, value_name = "DIR")]
+        secrets: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let data = DataDir::new(cli.data_dir.unwrap_or_else(pipeline::default_data_dir));
+    match cli.cmd {
+        Cmd::Check { cluster } => {
+            let (c, warnings) = Cluster::load(&cluster)?;
+            warn(&warnings);
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!(
+                    "{}: cluster {} with {} nodes is valid",
+                    cluster.display(),
+                    c.name,
+                    c.nodes.len()
+                );
+            }
+        }
+        Cmd::Secrets {
+            cluster,
+            secrets,
+            renew_within_days,
+        } => {
+            let dir = secrets.unwrap_or_else(|| pipeline::default_secrets_dir(&cluster));
+            let opts = EnsureOptions {
+                renew_within: renew_within_days.map(|d| time::Duration::days(i64::from(d))),
+                ..EnsureOptions::default()
+            };
+            let (_, _, report, warnings) = pipeline::secrets(&cluster, &dir, opts)
+                .with_context(|| format!("preparing secrets in {}", dir.display()))?;
+            warn(&warnings);
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: {} created, {} re-issued, {} kept",
+                    dir.display(),
+                    report.created.len(),
+                    report.reissued.len(),
+                    report.kept.len()
+                );
+                for id in report.created.iter().chain(&report.reissued) {
+                    println!("  issued {id}");
+                }
+                for (id, when) in &report.expiring {
+                    eprintln!(
+                        "warning: {id} expires {when}; run `slipway secrets --renew-within-days 30`"
+                    );
+                }
+            }
+        }
+        Cmd::Render {
+            cluster,
+            out,
+            secrets,
+        } => {
+            let dir = secrets.unwrap_or_else(|| pipeline::default_secrets_dir(&cluster));
+            let summary = pipeline::render(&cluster, &dir, &data, &out)
+                .with_context(|| format!("rendering {}", cluster.display()))?;
+            warn(&summary.warnings);
+            for (id, when) in &summary.secrets.expiring {
+                eprintln!(
+                    "warning: {id} expires {when}; run `slipway secrets --renew-within-days 30`"
+                );
+            }
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                for id in summary
+                    .secrets
+                    .created
+                    .iter()
+                    .chain(&summary.secrets.reissued)
+                {
+                    println!("issued {id}");
+                }
+                for n in &summary.nodes {
+                    println!(
+                        "{}/nodes/{}/config.ign  {:<13} {:>3} files  sha256 {}",
+                        out.display(),
+                        n.name,
+                        n.role.as_str(),
+                        n.files,
+                        &n.ignition_sha256[..16]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
