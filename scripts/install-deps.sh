@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building and testing Slipway needs on Debian, and nothing when it is all
+# there already. Safe to run again. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+# The independent judges the tests run (see README "Tests"):
+#   ignition-validate (ignition), haproxy, keepalived, nft (nftables), openssl,
+#   systemd-analyze (systemd), unshare (util-linux), ip (iproute2).
+APT_PACKAGES=(
+    ca-certificates gcc pkg-config make
+    ignition haproxy keepalived nftables openssl systemd util-linux iproute2
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    # Services in these packages are configured per node by Slipway, not on this host.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: the toolchain comes from rustup (Debian's rustc is too old for edition 2024).
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        echo "install-deps: add \$HOME/.cargo/bin to PATH" >&2
+    else
+        echo "install-deps: no Rust toolchain; install rustup (https://rustup.rs) and run again" >&2
+    fi
+    exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+    for c in clippy rustfmt; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+fi

@@ -1,0 +1,86 @@
+//! Shared helpers for the integration tests: paths, a fresh render of the example
+//! cluster, and running the independent tools we check our output with.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use slipway::pipeline;
+use slipway::profile::DataDir;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn example() -> PathBuf {
+    repo().join("examples/homelab/cluster.toml")
+}
+
+pub fn data() -> DataDir {
+    DataDir::new(repo())
+}
+
+/// A render of `cluster` into a fresh temp dir: (tempdir guard, out dir, secrets dir).
+pub fn render(cluster: &Path) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let secrets = tmp.path().join("secrets");
+    pipeline::render(cluster, &secrets, &data(), &out).unwrap();
+    (tmp, out, secrets)
+}
+
+pub fn node_files(out: &Path, node: &str) -> PathBuf {
+    out.join("nodes").join(node).join("files")
+}
+
+/// Runs an independent checker. A missing tool fails the test: `make deps` installs them.
+pub fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {shown}: {e} (install the test tools with `make deps`)"),
+    }
+}
+
+/// Runs a checker and requires success, showing its output otherwise.
+pub fn check(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "{shown} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Every regular file under `dir`, relative, sorted.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The example cluster's text with one substitution applied (which must match).
+pub fn example_with(from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(example()).unwrap();
+    assert!(text.contains(from), "example does not contain {from:?}");
+    text.replacen(from, to, 1)
+}
