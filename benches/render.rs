@@ -1,9 +1,11 @@
+#![allow(clippy::unwrap_used)]
 //! `make bench` for rendering: a 100-node cluster (3 control-plane, 97 workers).
 //!
 //! Reports, as medians over repeated runs:
 //! - cold: empty secrets directory (PKI generation, 206 leaves) plus render and write;
 //! - warm: secrets present, `slipway render` end to end (load, templates, Ignition, write);
 //! - in-memory: the pure render of all nodes, no output written.
+//!
 //! The baseline is the budget: warm render of 100 nodes under 1 s. Figures are
 //! printed as a ratio to it and written to target/bench/render.json.
 
@@ -65,7 +67,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     // `cargo bench` passes --bench; a plain `cargo test --benches` run passes nothing we use.
-    let quick = std::env::args().any(|a| a == "--quick") || !std::env::args().any(|a| a == "--bench");
+    let quick =
+        std::env::args().any(|a| a == "--quick") || !std::env::args().any(|a| a == "--bench");
     let runs = if quick { 1 } else { 7 };
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("cluster.toml");
@@ -111,16 +114,34 @@ fn main() {
             std::fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
         }
         for f in 0..n_files {
-            std::fs::write(root.join(format!("d{}/f{f}", f % n_dirs.max(1))), [b'x'; 512]).unwrap();
+            std::fs::write(
+                root.join(format!("d{}/f{f}", f % n_dirs.max(1))),
+                [b'x'; 512],
+            )
+            .unwrap();
         }
         floor.push(t.elapsed());
     }
     let (cold, warm, mem, floor) = (median(cold), median(warm), median(mem), median(floor));
     let ratio = |d: Duration| d.as_secs_f64() / BUDGET.as_secs_f64();
-    println!("render, {NODES} nodes ({CONTROL_PLANE} control-plane), median of {runs} runs; baseline: the 1 s budget");
-    println!("  cold (PKI + render + write) {:>9.1} ms  = {:.3} x budget", cold.as_secs_f64() * 1e3, ratio(cold));
-    println!("  warm (render + write)       {:>9.1} ms  = {:.3} x budget", warm.as_secs_f64() * 1e3, ratio(warm));
-    println!("  in memory (render only)     {:>9.1} ms  = {:.3} x budget", mem.as_secs_f64() * 1e3, ratio(mem));
+    println!(
+        "render, {NODES} nodes ({CONTROL_PLANE} control-plane), median of {runs} runs; baseline: the 1 s budget"
+    );
+    println!(
+        "  cold (PKI + render + write) {:>9.1} ms  = {:.3} x budget",
+        cold.as_secs_f64() * 1e3,
+        ratio(cold)
+    );
+    println!(
+        "  warm (render + write)       {:>9.1} ms  = {:.3} x budget",
+        warm.as_secs_f64() * 1e3,
+        ratio(warm)
+    );
+    println!(
+        "  in memory (render only)     {:>9.1} ms  = {:.3} x budget",
+        mem.as_secs_f64() * 1e3,
+        ratio(mem)
+    );
     println!(
         "  disk floor: {n_files} files + {n_dirs} dirs with plain std::fs {:>6.1} ms; warm render = {:.2} x that floor",
         floor.as_secs_f64() * 1e3,
@@ -140,7 +161,11 @@ fn main() {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("render.json"), serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("render.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
     // The criterion. Writing ~2400 files is bound by the disk (the floor above
     // shows this machine's), so a slow or busy disk can fail this: that is a real result.
     if warm > BUDGET {

@@ -6,9 +6,9 @@
 //! secrets (which are fsynced), and an fsync per file made a 100-node render 2200
 //! flushes long.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 

@@ -21,13 +21,21 @@ fn ensure(cluster_text: &str, dir: &Path) -> pki::Report {
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     common::walk(dir)
         .into_iter()
-        .map(|p| (p.to_string_lossy().into_owned(), std::fs::read(dir.join(&p)).unwrap()))
+        .map(|p| {
+            (
+                p.to_string_lossy().into_owned(),
+                std::fs::read(dir.join(&p)).unwrap(),
+            )
+        })
         .collect()
 }
 
 fn openssl_x509(cert: &Path, args: &[&str]) -> String {
     stdout(&check(
-        Command::new("openssl").args(["x509", "-noout", "-in"]).arg(cert).args(args),
+        Command::new("openssl")
+            .args(["x509", "-noout", "-in"])
+            .arg(cert)
+            .args(args),
     ))
 }
 
@@ -57,12 +65,30 @@ fn every_leaf_verifies_against_its_ca_with_expected_usage() {
         assert!(eku.contains("Digital Signature"), "{}: {eku}", spec.id);
         let want_server = matches!(spec.usage, pki::Usage::Server | pki::Usage::ServerClient);
         let want_client = matches!(spec.usage, pki::Usage::Client | pki::Usage::ServerClient);
-        assert_eq!(eku.contains("TLS Web Server Authentication"), want_server, "{}: {eku}", spec.id);
-        assert_eq!(eku.contains("TLS Web Client Authentication"), want_client, "{}: {eku}", spec.id);
+        assert_eq!(
+            eku.contains("TLS Web Server Authentication"),
+            want_server,
+            "{}: {eku}",
+            spec.id
+        );
+        assert_eq!(
+            eku.contains("TLS Web Client Authentication"),
+            want_client,
+            "{}: {eku}",
+            spec.id
+        );
         let subject = openssl_x509(&crt, &["-subject", "-nameopt", "RFC2253"]);
-        assert!(subject.contains(&format!("CN={}", spec.common_name)), "{}: {subject}", spec.id);
+        assert!(
+            subject.contains(&format!("CN={}", spec.common_name)),
+            "{}: {subject}",
+            spec.id
+        );
         for o in &spec.organizations {
-            assert!(subject.contains(&format!("O={o}")), "{}: {subject}", spec.id);
+            assert!(
+                subject.contains(&format!("O={o}")),
+                "{}: {subject}",
+                spec.id
+            );
         }
     }
     // Cross-CA: an etcd leaf must not verify against the cluster CA.
@@ -72,10 +98,16 @@ fn every_leaf_verifies_against_its_ca_with_expected_usage() {
             .arg(dir.path().join("ca.crt"))
             .arg(dir.path().join("apiserver-etcd-client.crt")),
     );
-    assert!(!o.status.success(), "etcd client cert verified against the cluster CA");
+    assert!(
+        !o.status.success(),
+        "etcd client cert verified against the cluster CA"
+    );
     // CAs are CAs.
     for ca in Ca::ALL {
-        let text = openssl_x509(&dir.path().join(format!("{}.crt", ca.id())), &["-ext", "basicConstraints,keyUsage"]);
+        let text = openssl_x509(
+            &dir.path().join(format!("{}.crt", ca.id())),
+            &["-ext", "basicConstraints,keyUsage"],
+        );
         assert!(text.contains("CA:TRUE"), "{}: {text}", ca.id());
         assert!(text.contains("Certificate Sign"), "{}: {text}", ca.id());
     }
@@ -85,7 +117,10 @@ fn every_leaf_verifies_against_its_ca_with_expected_usage() {
 fn apiserver_and_etcd_sans() {
     let dir = tempfile::tempdir().unwrap();
     ensure(&std::fs::read_to_string(example()).unwrap(), dir.path());
-    let sans = openssl_x509(&dir.path().join("apiserver.crt"), &["-ext", "subjectAltName"]);
+    let sans = openssl_x509(
+        &dir.path().join("apiserver.crt"),
+        &["-ext", "subjectAltName"],
+    );
     for want in [
         "IP Address:192.168.1.100",
         "IP Address:192.168.1.11",
@@ -99,19 +134,36 @@ fn apiserver_and_etcd_sans() {
         "DNS:kubernetes.default.svc.cluster.local",
         "DNS:localhost",
     ] {
-        assert!(sans.contains(&format!("{want},")) || sans.trim_end().ends_with(want), "apiserver lacks {want}: {sans}");
+        assert!(
+            sans.contains(&format!("{want},")) || sans.trim_end().ends_with(want),
+            "apiserver lacks {want}: {sans}"
+        );
     }
-    assert!(!sans.contains("192.168.1.21"), "the worker's IP is no API server address: {sans}");
-    let etcd = openssl_x509(&dir.path().join("etcd/master2/peer.crt"), &["-ext", "subjectAltName"]);
+    assert!(
+        !sans.contains("192.168.1.21"),
+        "the worker's IP is no API server address: {sans}"
+    );
+    let etcd = openssl_x509(
+        &dir.path().join("etcd/master2/peer.crt"),
+        &["-ext", "subjectAltName"],
+    );
     assert!(etcd.contains("IP Address:192.168.1.12"), "{etcd}");
     assert!(etcd.contains("DNS:master2"), "{etcd}");
-    let kubelet = openssl_x509(&dir.path().join("nodes/worker1/kubelet-server.crt"), &["-ext", "subjectAltName"]);
+    let kubelet = openssl_x509(
+        &dir.path().join("nodes/worker1/kubelet-server.crt"),
+        &["-ext", "subjectAltName"],
+    );
     assert!(kubelet.contains("IP Address:192.168.1.21"), "{kubelet}");
     // The service-account public key is the private key's.
     let derived = stdout(&check(
-        Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(dir.path().join("sa.key")),
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(dir.path().join("sa.key")),
     ));
-    assert_eq!(derived, std::fs::read_to_string(dir.path().join("sa.pub")).unwrap());
+    assert_eq!(
+        derived,
+        std::fs::read_to_string(dir.path().join("sa.pub")).unwrap()
+    );
 }
 
 #[test]
@@ -122,11 +174,19 @@ fn secrets_are_private() {
     let files = common::walk(&secrets);
     assert!(files.len() > 50);
     for f in files {
-        let mode = std::fs::metadata(secrets.join(&f)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(secrets.join(&f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{}", f.display());
     }
     for d in ["", "etcd", "etcd/master1", "nodes", "nodes/worker1"] {
-        let mode = std::fs::metadata(secrets.join(d)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(secrets.join(d))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700, "{d}");
     }
 }
@@ -139,7 +199,10 @@ fn second_run_changes_nothing() {
     assert!(first.reissued.is_empty());
     let before = snapshot(dir.path());
     let second = ensure(&text, dir.path());
-    assert!(second.created.is_empty() && second.reissued.is_empty(), "{second:?}");
+    assert!(
+        second.created.is_empty() && second.reissued.is_empty(),
+        "{second:?}"
+    );
     assert_eq!(before, snapshot(dir.path()));
 }
 
@@ -154,7 +217,12 @@ fn changed_node_ip_reissues_only_what_depends_on_it() {
     reissued.sort();
     assert_eq!(
         reissued,
-        ["apiserver", "etcd/master2/peer", "etcd/master2/server", "nodes/master2/kubelet-server"]
+        [
+            "apiserver",
+            "etcd/master2/peer",
+            "etcd/master2/server",
+            "nodes/master2/kubelet-server"
+        ]
     );
     assert!(report.created.is_empty(), "{report:?}");
     let after = snapshot(dir.path());
@@ -164,8 +232,14 @@ fn changed_node_ip_reissues_only_what_depends_on_it() {
         let expected = reissued.iter().any(|r| r == id) || path == "index.json";
         assert_eq!(changed, expected, "{path}");
     }
-    let sans = openssl_x509(&dir.path().join("apiserver.crt"), &["-ext", "subjectAltName"]);
-    assert!(sans.contains("192.168.1.14") && !sans.contains("192.168.1.12,"), "{sans}");
+    let sans = openssl_x509(
+        &dir.path().join("apiserver.crt"),
+        &["-ext", "subjectAltName"],
+    );
+    assert!(
+        sans.contains("192.168.1.14") && !sans.contains("192.168.1.12,"),
+        "{sans}"
+    );
 }
 
 #[test]
@@ -180,7 +254,10 @@ fn renewal_reissues_expiring_leaves_only() {
     };
     let report = pki::ensure(dir.path(), &c, opts).unwrap().1;
     assert_eq!(report.reissued.len(), pki::leaf_specs(&c).len());
-    assert!(report.kept.contains(&"ca".to_string()), "CAs are never renewed here");
+    assert!(
+        report.kept.contains(&"ca".to_string()),
+        "CAs are never renewed here"
+    );
 }
 
 #[test]

@@ -37,9 +37,17 @@ fn golden_files() {
         let files = node_files(&out, node);
         let mut listing = String::new();
         for rel in common::walk(&files) {
-            let mode = std::fs::metadata(files.join(&rel)).unwrap().permissions().mode() & 0o7777;
+            let mode = std::fs::metadata(files.join(&rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
             let secret = is_secret(&rel, mode);
-            listing.push_str(&format!("{mode:04o} /{}{}\n", rel.display(), if secret { "  (secret)" } else { "" }));
+            listing.push_str(&format!(
+                "{mode:04o} /{}{}\n",
+                rel.display(),
+                if secret { "  (secret)" } else { "" }
+            ));
             if secret {
                 continue;
             }
@@ -58,7 +66,10 @@ fn golden_files() {
         } else {
             let want = std::fs::read_to_string(&golden_listing).unwrap_or_default();
             if want != listing {
-                mismatches.push(format!("{}:\n--- want\n{want}--- got\n{listing}", golden_listing.display()));
+                mismatches.push(format!(
+                    "{}:\n--- want\n{want}--- got\n{listing}",
+                    golden_listing.display()
+                ));
             }
         }
     }
@@ -97,7 +108,10 @@ fn ignition_matches_review_tree() {
         for f in cfg.storage.unwrap().files.unwrap() {
             let src = f.contents.unwrap().source.unwrap();
             let b64 = src.strip_prefix("data:;base64,").unwrap();
-            from_ign.insert(f.path, (f.mode.unwrap() as u32, STANDARD.decode(b64).unwrap()));
+            from_ign.insert(
+                f.path,
+                (f.mode.unwrap() as u32, STANDARD.decode(b64).unwrap()),
+            );
         }
         let units = cfg.systemd.unwrap().units.unwrap();
         for u in &units {
@@ -107,7 +121,10 @@ fn ignition_matches_review_tree() {
             }
             for d in u.dropins.iter().flatten() {
                 let c = d.contents.clone().unwrap();
-                from_ign.insert(format!("{dir}/{}.d/{}", u.name, d.name), (0o644, c.into_bytes()));
+                from_ign.insert(
+                    format!("{dir}/{}.d/{}", u.name, d.name),
+                    (0o644, c.into_bytes()),
+                );
             }
         }
         let files = node_files(&out, node);
@@ -115,13 +132,31 @@ fn ignition_matches_review_tree() {
         for rel in common::walk(&files) {
             let p = files.join(&rel);
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
-            from_tree.insert(format!("/{}", rel.display()), (mode, std::fs::read(&p).unwrap()));
+            from_tree.insert(
+                format!("/{}", rel.display()),
+                (mode, std::fs::read(&p).unwrap()),
+            );
         }
-        assert_eq!(from_ign.keys().collect::<Vec<_>>(), from_tree.keys().collect::<Vec<_>>(), "{node}");
+        assert_eq!(
+            from_ign.keys().collect::<Vec<_>>(),
+            from_tree.keys().collect::<Vec<_>>(),
+            "{node}"
+        );
         assert!(from_ign == from_tree, "{node}: contents or modes differ");
-        let enabled: Vec<&str> = units.iter().filter(|u| u.enabled == Some(true)).map(|u| u.name.as_str()).collect();
-        assert!(enabled.contains(&"kubelet.service") && enabled.contains(&"containerd.service"), "{enabled:?}");
-        assert_eq!(enabled.contains(&"keepalived.service"), node != "worker1", "{enabled:?}");
+        let enabled: Vec<&str> = units
+            .iter()
+            .filter(|u| u.enabled == Some(true))
+            .map(|u| u.name.as_str())
+            .collect();
+        assert!(
+            enabled.contains(&"kubelet.service") && enabled.contains(&"containerd.service"),
+            "{enabled:?}"
+        );
+        assert_eq!(
+            enabled.contains(&"keepalived.service"),
+            node != "worker1",
+            "{enabled:?}"
+        );
         let users = cfg.passwd.unwrap().users.unwrap();
         assert_eq!(users[0].name, "admin");
         assert_eq!(users[0].ssh_authorized_keys.as_ref().unwrap().len(), 1);
@@ -138,7 +173,10 @@ fn haproxy_accepts_config() {
         assert!(text.contains("bind 192.168.1.100:6443"), "{text}");
         assert!(text.contains("balance roundrobin"), "{text}");
         for (name, ip) in [("master1", "11"), ("master2", "12"), ("master3", "13")] {
-            assert!(text.contains(&format!("server {name} 192.168.1.{ip}:6443")), "{text}");
+            assert!(
+                text.contains(&format!("server {name} 192.168.1.{ip}:6443")),
+                "{text}"
+            );
         }
     }
 }
@@ -160,7 +198,10 @@ fn keepalived_accepts_config() {
         let text = std::fs::read_to_string(dir.join("keepalived.conf")).unwrap();
         assert!(text.contains(&format!("priority {prio}")), "{node}: {text}");
         assert!(text.contains("192.168.1.100/24 dev lan0"), "{text}");
-        assert!(!text.contains(&format!("\t\t{}\n", out_ip(node))), "{node} lists itself as a peer");
+        assert!(
+            !text.contains(&format!("\t\t{}\n", out_ip(node))),
+            "{node} lists itself as a peer"
+        );
     }
 }
 
@@ -177,9 +218,17 @@ fn nftables_ruleset_loads() {
     let (_tmp, out, _) = render(&example());
     for node in NODES {
         let rules = node_files(&out, node).join("etc/nftables.conf");
-        check(Command::new("unshare").args(["-n", "nft", "-c", "-f"]).arg(&rules));
+        check(
+            Command::new("unshare")
+                .args(["-n", "nft", "-c", "-f"])
+                .arg(&rules),
+        );
         let text = std::fs::read_to_string(&rules).unwrap();
-        assert_eq!(text.contains("2379, 2380"), node != "worker1", "{node}: etcd ports");
+        assert_eq!(
+            text.contains("2379, 2380"),
+            node != "worker1",
+            "{node}: etcd ports"
+        );
         assert_eq!(text.contains("vrrp"), node != "worker1", "{node}: VRRP");
         assert!(text.contains("policy drop"), "{node}");
     }
@@ -209,19 +258,25 @@ fn systemd_units_verify() {
         }
         names.sort();
         names.dedup();
-        assert!(names.iter().any(|n| n.ends_with("kubelet.service")), "{node}: {names:?}");
-        let o = run(
-            Command::new("systemd-analyze")
-                .args(["verify", "--man=no"])
-                .args(&names)
-                .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display())),
+        assert!(
+            names.iter().any(|n| n.ends_with("kubelet.service")),
+            "{node}: {names:?}"
         );
+        let o = run(Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&names)
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display())));
         let stderr = String::from_utf8_lossy(&o.stderr);
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
             let tolerated = provided.iter().any(|p| {
-                line.contains(&format!("Command {p} is not executable: No such file or directory"))
+                line.contains(&format!(
+                    "Command {p} is not executable: No such file or directory"
+                ))
             });
-            assert!(tolerated, "{node}: systemd-analyze verify: {line}\n(all output:\n{stderr})");
+            assert!(
+                tolerated,
+                "{node}: systemd-analyze verify: {line}\n(all output:\n{stderr})"
+            );
         }
     }
 }
@@ -254,23 +309,52 @@ fn static_pods_are_pods_with_the_seed_requests() {
             assert_eq!(req["memory"].0, mem, "{node}/{name}");
             assert!(c.liveness_probe.is_some(), "{node}/{name}: liveness probe");
             assert!(c.startup_probe.is_some(), "{node}/{name}: startup probe");
-            assert!(c.image.as_ref().unwrap().starts_with("registry.k8s.io/"), "{name}");
+            assert!(
+                c.image.as_ref().unwrap().starts_with("registry.k8s.io/"),
+                "{name}"
+            );
             let cmd = c.command.as_ref().unwrap();
             if name == "kube-controller-manager" || name == "kube-scheduler" {
-                assert!(cmd.contains(&"--leader-elect=true".to_string()), "{name}: {cmd:?}");
+                assert!(
+                    cmd.contains(&"--leader-elect=true".to_string()),
+                    "{name}: {cmd:?}"
+                );
             }
         }
         let ip = out_ip(node);
-        let api = pod(&out, node, "kube-apiserver").spec.unwrap().containers[0].command.clone().unwrap();
+        let api = pod(&out, node, "kube-apiserver").spec.unwrap().containers[0]
+            .command
+            .clone()
+            .unwrap();
         assert!(api.contains(&format!("--bind-address={ip}")), "{api:?}");
-        assert!(api.contains(&format!("--advertise-address={ip}")), "{api:?}");
-        assert!(api.contains(&"--service-cluster-ip-range=10.96.0.0/12".to_string()), "{api:?}");
-        assert!(api.contains(&"--kubelet-certificate-authority=/etc/kubernetes/pki/ca.crt".to_string()));
-        let etcd = pod(&out, node, "etcd").spec.unwrap().containers[0].command.clone().unwrap();
+        assert!(
+            api.contains(&format!("--advertise-address={ip}")),
+            "{api:?}"
+        );
+        assert!(
+            api.contains(&"--service-cluster-ip-range=10.96.0.0/12".to_string()),
+            "{api:?}"
+        );
+        assert!(
+            api.contains(&"--kubelet-certificate-authority=/etc/kubernetes/pki/ca.crt".to_string())
+        );
+        let etcd = pod(&out, node, "etcd").spec.unwrap().containers[0]
+            .command
+            .clone()
+            .unwrap();
         assert!(etcd.contains(&"--initial-cluster=master1=https://192.168.1.11:2380,master2=https://192.168.1.12:2380,master3=https://192.168.1.13:2380".to_string()), "{etcd:?}");
         assert!(etcd.contains(&"--initial-cluster-state=new".to_string()));
-        let kcm = pod(&out, node, "kube-controller-manager").spec.unwrap().containers[0].command.clone().unwrap();
-        assert!(kcm.contains(&"--cluster-cidr=10.244.0.0/16".to_string()), "{kcm:?}");
+        let kcm = pod(&out, node, "kube-controller-manager")
+            .spec
+            .unwrap()
+            .containers[0]
+            .command
+            .clone()
+            .unwrap();
+        assert!(
+            kcm.contains(&"--cluster-cidr=10.244.0.0/16".to_string()),
+            "{kcm:?}"
+        );
     }
 }
 
@@ -279,32 +363,59 @@ fn kubelet_and_containerd_configs() {
     let (_tmp, out, _) = render(&example());
     for node in NODES {
         let files = node_files(&out, node);
-        let kubelet: serde_json::Value =
-            serde_norway::from_str(&std::fs::read_to_string(files.join("var/lib/kubelet/config.yaml")).unwrap()).unwrap();
+        let kubelet: serde_json::Value = serde_norway::from_str(
+            &std::fs::read_to_string(files.join("var/lib/kubelet/config.yaml")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(kubelet["kind"], "KubeletConfiguration");
         assert_eq!(kubelet["cgroupDriver"], "systemd");
         assert_eq!(kubelet["port"], 10250);
         assert_eq!(kubelet["clusterDNS"][0], "10.96.0.10");
-        assert!(kubelet.get("registerWithTaints").is_none(), "control-plane nodes run workloads");
-        let containerd: toml::Table =
-            toml::from_str(&std::fs::read_to_string(files.join("etc/containerd/config.toml")).unwrap()).unwrap();
-        let runc = &containerd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"];
+        assert!(
+            kubelet.get("registerWithTaints").is_none(),
+            "control-plane nodes run workloads"
+        );
+        let containerd: toml::Table = toml::from_str(
+            &std::fs::read_to_string(files.join("etc/containerd/config.toml")).unwrap(),
+        )
+        .unwrap();
+        let runc =
+            &containerd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"];
         assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));
-        let kubeconfig: serde_json::Value =
-            serde_norway::from_str(&std::fs::read_to_string(files.join("etc/kubernetes/kubelet.conf")).unwrap()).unwrap();
-        let server = kubeconfig["clusters"][0]["cluster"]["server"].as_str().unwrap();
+        let kubeconfig: serde_json::Value = serde_norway::from_str(
+            &std::fs::read_to_string(files.join("etc/kubernetes/kubelet.conf")).unwrap(),
+        )
+        .unwrap();
+        let server = kubeconfig["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap();
         if node == "worker1" {
             assert_eq!(server, "https://192.168.1.100:6443", "workers use the VIP");
         } else {
-            assert_eq!(server, format!("https://{}:6443", out_ip(node)), "control plane uses its own API server");
+            assert_eq!(
+                server,
+                format!("https://{}:6443", out_ip(node)),
+                "control plane uses its own API server"
+            );
         }
-        let link = std::fs::read_to_string(files.join("etc/systemd/network/10-cluster.link")).unwrap();
+        let link =
+            std::fs::read_to_string(files.join("etc/systemd/network/10-cluster.link")).unwrap();
         assert!(link.contains("MACAddress=52:54:00:00:00:"), "{link}");
-        assert_eq!(std::fs::read_to_string(files.join("etc/hostname")).unwrap(), format!("{node}\n"));
+        assert_eq!(
+            std::fs::read_to_string(files.join("etc/hostname")).unwrap(),
+            format!("{node}\n")
+        );
     }
     let sysctl = node_files(&out, "master1").join("etc/sysctl.d/91-control-plane.conf");
-    assert!(std::fs::read_to_string(sysctl).unwrap().contains("net.ipv4.ip_nonlocal_bind = 1"));
-    let timer = std::fs::read_to_string(node_files(&out, "master1").join("etc/systemd/system/etcd-snapshot.timer")).unwrap();
+    assert!(
+        std::fs::read_to_string(sysctl)
+            .unwrap()
+            .contains("net.ipv4.ip_nonlocal_bind = 1")
+    );
+    let timer = std::fs::read_to_string(
+        node_files(&out, "master1").join("etc/systemd/system/etcd-snapshot.timer"),
+    )
+    .unwrap();
     assert!(timer.contains("OnCalendar=*-*-* 00/6:00:00"), "{timer}");
     let calendar = check(Command::new("systemd-analyze").args(["calendar", "*-*-* 00/6:00:00"]));
     assert!(stdout(&calendar).contains("Normalized form"));
@@ -322,16 +433,38 @@ fn kubeconfigs_carry_valid_credentials() {
     for conf in confs {
         let mode = std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", conf.display());
-        let kc: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
-        let cert = STANDARD.decode(kc["users"][0]["user"]["client-certificate-data"].as_str().unwrap()).unwrap();
+        let kc: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+        let cert = STANDARD
+            .decode(
+                kc["users"][0]["user"]["client-certificate-data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
         let pem = tmp.path().join("client.crt");
         std::fs::write(&pem, cert).unwrap();
-        check(Command::new("openssl").args(["verify", "-CAfile"]).arg(secrets.join("ca.crt")).arg(&pem));
-        let ca = STANDARD.decode(kc["clusters"][0]["cluster"]["certificate-authority-data"].as_str().unwrap()).unwrap();
+        check(
+            Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(secrets.join("ca.crt"))
+                .arg(&pem),
+        );
+        let ca = STANDARD
+            .decode(
+                kc["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
         assert_eq!(ca, std::fs::read(secrets.join("ca.crt")).unwrap());
     }
-    let admin: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(out.join("admin.conf")).unwrap()).unwrap();
-    assert_eq!(admin["clusters"][0]["cluster"]["server"], "https://192.168.1.100:6443");
+    let admin: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("admin.conf")).unwrap()).unwrap();
+    assert_eq!(
+        admin["clusters"][0]["cluster"]["server"],
+        "https://192.168.1.100:6443"
+    );
 }
 
 /// Least privilege: the worker's files and Ignition hold no CA key, no etcd material, no
@@ -340,32 +473,63 @@ fn kubeconfigs_carry_valid_credentials() {
 fn secrets_reach_only_the_nodes_that_need_them() {
     let (_tmp, out, secrets) = render(&example());
     let secret = |rel: &str| std::fs::read_to_string(secrets.join(rel)).unwrap();
-    let ign = |node: &str| std::fs::read_to_string(out.join("nodes").join(node).join("config.ign")).unwrap();
+    let ign = |node: &str| {
+        std::fs::read_to_string(out.join("nodes").join(node).join("config.ign")).unwrap()
+    };
     let b64 = |s: &str| STANDARD.encode(s.as_bytes());
     let holds = |node: &str, s: &str| {
         let text = ign(node);
-        text.contains(&b64(s)) || common::walk(&node_files(&out, node)).iter().any(|p| {
-            std::fs::read_to_string(node_files(&out, node).join(p)).unwrap_or_default().contains(s)
-        })
+        text.contains(&b64(s))
+            || common::walk(&node_files(&out, node)).iter().any(|p| {
+                std::fs::read_to_string(node_files(&out, node).join(p))
+                    .unwrap_or_default()
+                    .contains(s)
+            })
     };
     let worker_forbidden = [
-        "ca.key", "sa.key", "etcd/ca.key", "front-proxy-ca.key", "admin.key", "apiserver.key",
-        "apiserver-etcd-client.key", "etcd/healthcheck-client.key", "etcd/master1/server.key",
-        "nodes/master1/kubelet-client.key", "controller-manager.key",
+        "ca.key",
+        "sa.key",
+        "etcd/ca.key",
+        "front-proxy-ca.key",
+        "admin.key",
+        "apiserver.key",
+        "apiserver-etcd-client.key",
+        "etcd/healthcheck-client.key",
+        "etcd/master1/server.key",
+        "nodes/master1/kubelet-client.key",
+        "controller-manager.key",
     ];
     for rel in worker_forbidden {
         assert!(!holds("worker1", &secret(rel)), "worker1 holds {rel}");
     }
-    let worker_paths: Vec<String> = common::walk(&node_files(&out, "worker1")).iter().map(|p| p.display().to_string()).collect();
-    assert!(!worker_paths.iter().any(|p| p.contains("etcd") || p.contains("admin.conf") || p.ends_with("ca.key")), "{worker_paths:?}");
-    assert!(holds("worker1", &secret("nodes/worker1/kubelet-client.key")));
+    let worker_paths: Vec<String> = common::walk(&node_files(&out, "worker1"))
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        !worker_paths
+            .iter()
+            .any(|p| p.contains("etcd") || p.contains("admin.conf") || p.ends_with("ca.key")),
+        "{worker_paths:?}"
+    );
+    assert!(holds(
+        "worker1",
+        &secret("nodes/worker1/kubelet-client.key")
+    ));
     for node in CONTROL_PLANE {
-        for rel in ["etcd/ca.key", "front-proxy-ca.key", "nodes/worker1/kubelet-client.key"] {
+        for rel in [
+            "etcd/ca.key",
+            "front-proxy-ca.key",
+            "nodes/worker1/kubelet-client.key",
+        ] {
             assert!(!holds(node, &secret(rel)), "{node} holds {rel}");
         }
         assert!(holds(node, &secret(&format!("etcd/{node}/peer.key"))));
         for other in CONTROL_PLANE.iter().filter(|o| **o != node) {
-            assert!(!holds(node, &secret(&format!("etcd/{other}/peer.key"))), "{node} holds {other}'s etcd key");
+            assert!(
+                !holds(node, &secret(&format!("etcd/{other}/peer.key"))),
+                "{node} holds {other}'s etcd key"
+            );
         }
     }
 }
@@ -373,7 +537,10 @@ fn secrets_reach_only_the_nodes_that_need_them() {
 #[test]
 fn render_is_deterministic_and_keeps_pki() {
     let (tmp, out, secrets) = render(&example());
-    let pki_before: Vec<_> = common::walk(&secrets).iter().map(|p| std::fs::read(secrets.join(p)).unwrap()).collect();
+    let pki_before: Vec<_> = common::walk(&secrets)
+        .iter()
+        .map(|p| std::fs::read(secrets.join(p)).unwrap())
+        .collect();
     let out2 = tmp.path().join("out2");
     slipway::pipeline::render(&example(), &secrets, &common::data(), &out2).unwrap();
     for node in NODES {
@@ -381,7 +548,10 @@ fn render_is_deterministic_and_keeps_pki() {
         let b = std::fs::read(out2.join("nodes").join(node).join("config.ign")).unwrap();
         assert!(a == b, "{node}: config.ign differs between two renders");
     }
-    let pki_after: Vec<_> = common::walk(&secrets).iter().map(|p| std::fs::read(secrets.join(p)).unwrap()).collect();
+    let pki_after: Vec<_> = common::walk(&secrets)
+        .iter()
+        .map(|p| std::fs::read(secrets.join(p)).unwrap())
+        .collect();
     assert!(pki_before == pki_after, "a second render changed the PKI");
 }
 
@@ -394,18 +564,38 @@ fn failed_render_keeps_previous_output() {
     let ign_before = std::fs::read(out.join("nodes/master1/config.ign")).unwrap();
     // 1. invalid cluster
     let bad = tmp.path().join("bad.toml");
-    std::fs::write(&bad, common::example_with("vip = \"192.168.1.100\"", "vip = \"10.0.0.1\"")).unwrap();
+    std::fs::write(
+        &bad,
+        common::example_with("vip = \"192.168.1.100\"", "vip = \"10.0.0.1\""),
+    )
+    .unwrap();
     assert!(slipway::pipeline::render(&bad, &secrets, &common::data(), &out).is_err());
     // 2. a template referencing a missing variable (strict mode)
     let data = tmp.path().join("data");
     copy_tree(&common::repo().join("overlays"), &data.join("overlays"));
     copy_tree(&common::repo().join("profiles"), &data.join("profiles"));
-    std::fs::write(data.join("overlays/common/etc/hostname.hbs"), "{{node.nmae}}\n").unwrap();
-    let err = slipway::pipeline::render(&example(), &secrets, &slipway::profile::DataDir::new(&data), &out).unwrap_err();
+    std::fs::write(
+        data.join("overlays/common/etc/hostname.hbs"),
+        "{{node.nmae}}\n",
+    )
+    .unwrap();
+    let err = slipway::pipeline::render(
+        &example(),
+        &secrets,
+        &slipway::profile::DataDir::new(&data),
+        &out,
+    )
+    .unwrap_err();
     let msg = format!("{:#}", anyhow::Error::from(err));
-    assert!(msg.contains("hostname.hbs") && msg.contains("nmae"), "{msg}");
+    assert!(
+        msg.contains("hostname.hbs") && msg.contains("nmae"),
+        "{msg}"
+    );
     assert_eq!(common::walk(&out), before);
-    assert_eq!(std::fs::read(out.join("nodes/master1/config.ign")).unwrap(), ign_before);
+    assert_eq!(
+        std::fs::read(out.join("nodes/master1/config.ign")).unwrap(),
+        ign_before
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -42,19 +42,31 @@ fn example_is_valid() {
 #[test]
 fn duplicate_name() {
     let t = example_with("name = \"master2\"", "name = \"master1\"");
-    assert_problem(&t, "nodes[1].name", &["\"master1\"", "already used by nodes[0]"]);
+    assert_problem(
+        &t,
+        "nodes[1].name",
+        &["\"master1\"", "already used by nodes[0]"],
+    );
 }
 
 #[test]
 fn duplicate_ip() {
     let t = example_with("ip = \"192.168.1.12\"", "ip = \"192.168.1.11\"");
-    assert_problem(&t, "nodes[1].ip", &["192.168.1.11", "already used by nodes[0] (master1)"]);
+    assert_problem(
+        &t,
+        "nodes[1].ip",
+        &["192.168.1.11", "already used by nodes[0] (master1)"],
+    );
 }
 
 #[test]
 fn duplicate_mac() {
     let t = example_with("mac = \"52:54:00:00:00:21\"", "mac = \"52:54:00:00:00:13\"");
-    assert_problem(&t, "nodes[3].mac", &["52:54:00:00:00:13", "already used by nodes[2] (master3)"]);
+    assert_problem(
+        &t,
+        "nodes[3].mac",
+        &["52:54:00:00:00:13", "already used by nodes[2] (master3)"],
+    );
 }
 
 #[test]
@@ -66,7 +78,11 @@ fn bad_mac() {
 #[test]
 fn vip_outside_subnet() {
     let t = example_with("vip = \"192.168.1.100\"", "vip = \"192.168.2.100\"");
-    assert_problem(&t, "control_plane.vip", &["192.168.2.100", "outside network.subnet 192.168.1.0/24"]);
+    assert_problem(
+        &t,
+        "control_plane.vip",
+        &["192.168.2.100", "outside network.subnet 192.168.1.0/24"],
+    );
 }
 
 #[test]
@@ -78,20 +94,40 @@ fn vip_equals_node_ip() {
 #[test]
 fn vip_in_loadbalancer_range() {
     let t = example_with("vip = \"192.168.1.100\"", "vip = \"192.168.1.210\"");
-    assert_problem(&t, "control_plane.vip", &["inside network.loadbalancer_range"]);
+    assert_problem(
+        &t,
+        "control_plane.vip",
+        &["inside network.loadbalancer_range"],
+    );
 }
 
 #[test]
 fn overlapping_cidrs() {
-    let t = example_with("service_cidr = \"10.96.0.0/12\"", "service_cidr = \"10.244.128.0/17\"");
-    assert_problem(&t, "network.service_cidr", &["10.244.128.0/17", "overlaps network.pod_cidr (10.244.0.0/16)"]);
-    let t = example_with("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"192.168.0.0/16\"");
+    let t = example_with(
+        "service_cidr = \"10.96.0.0/12\"",
+        "service_cidr = \"10.244.128.0/17\"",
+    );
+    assert_problem(
+        &t,
+        "network.service_cidr",
+        &[
+            "10.244.128.0/17",
+            "overlaps network.pod_cidr (10.244.0.0/16)",
+        ],
+    );
+    let t = example_with(
+        "pod_cidr = \"10.244.0.0/16\"",
+        "pod_cidr = \"192.168.0.0/16\"",
+    );
     assert_problem(&t, "network.pod_cidr", &["overlaps network.subnet"]);
 }
 
 #[test]
 fn cidr_with_host_bits() {
-    let t = example_with("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.1.0/16\"");
+    let t = example_with(
+        "pod_cidr = \"10.244.0.0/16\"",
+        "pod_cidr = \"10.244.1.0/16\"",
+    );
     assert_problem(&t, "network.pod_cidr", &["host bits", "10.244.0.0/16"]);
 }
 
@@ -115,7 +151,11 @@ fn even_control_plane_warns() {
     let (c, warnings) = Cluster::parse(Path::new(FILE), &t).unwrap();
     assert_eq!(c.control_plane_nodes().count(), 4);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("4 control-plane nodes"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("4 control-plane nodes"),
+        "{}",
+        warnings[0]
+    );
     assert!(warnings[0].contains("odd"), "{}", warnings[0]);
 }
 
@@ -128,7 +168,10 @@ fn bad_kubernetes_versions() {
         ("v2.0.0", "only Kubernetes 1.x"),
         ("v1.12.3", "renders Kubernetes v1.30"),
     ] {
-        let t = example_with("kubernetes_version = \"v1.34.2\"", &format!("kubernetes_version = \"{bad}\""));
+        let t = example_with(
+            "kubernetes_version = \"v1.34.2\"",
+            &format!("kubernetes_version = \"{bad}\""),
+        );
         assert_problem(&t, "cluster.kubernetes_version", &[bad, why]);
     }
 }
@@ -160,7 +203,11 @@ fn every_problem_is_reported_at_once() {
         .replace("snapshot_retention = 28", "snapshot_retention = 0");
     let msg = error_of(&t);
     assert!(msg.contains("3 problems found"), "{msg}");
-    for f in ["control_plane.vip", "nodes[2].name", "etcd.snapshot_retention"] {
+    for f in [
+        "control_plane.vip",
+        "nodes[2].name",
+        "etcd.snapshot_retention",
+    ] {
         assert!(msg.contains(f), "{f} missing in {msg}");
     }
 }
@@ -206,7 +253,11 @@ fn no_panic_on_mangled_input() {
 fn cli_reports_file_field_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cluster.toml");
-    std::fs::write(&path, example_with("ip = \"192.168.1.12\"", "ip = \"192.168.1.11\"")).unwrap();
+    std::fs::write(
+        &path,
+        example_with("ip = \"192.168.1.12\"", "ip = \"192.168.1.11\""),
+    )
+    .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
         .arg("check")
         .arg(&path)
@@ -214,6 +265,12 @@ fn cli_reports_file_field_and_reason() {
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(&format!("{}: nodes[1].ip: 192.168.1.11 is already used", path.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: nodes[1].ip: 192.168.1.11 is already used",
+            path.display()
+        )),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
