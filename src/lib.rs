@@ -7,9 +7,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cluster;
+pub mod debian;
+pub mod fs;
 pub mod fsutil;
+pub mod image;
 pub mod out;
 pub mod pipeline;
 pub mod pki;
 pub mod profile;
 pub mod render;
+pub mod rootfs;

@@ -44,6 +44,23 @@ enum Cmd {
         #[arg(long, value_name = "DAYS")]
         renew_within_days: Option<u32>,
     },
+    /// Build an image profile's root filesystem as a reproducible tar plus an SPDX SBOM
+    Rootfs {
+        /// Image profile name (profiles/NAME.toml)
+        profile: String,
+        /// Output tar file; the SBOM is written beside it as NAME.spdx.json
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        debian: DebianArgs,
+    },
+    /// Resolve image profiles against their mirror and rewrite the lock file
+    Lock {
+        /// Profiles to resolve [default: base, control-plane, worker]
+        profiles: Vec<String>,
+        #[command(flatten)]
+        debian: DebianArgs,
+    },
     /// Render every node's files and Ignition config into DIR/nodes
     Render {
         /// The cluster definition
@@ -55,6 +72,36 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         secrets: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct DebianArgs {
+    /// Debian mirror URL [default: the profile's, else the host's apt sources]
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// Download cache [default: $SLIPWAY_CACHE, $XDG_CACHE_HOME/slipway or ~/.cache/slipway]
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Lock file [default: slipway.lock in the data directory]
+    #[arg(long, value_name = "FILE")]
+    lock: Option<PathBuf>,
+    /// Fail if the lock file is missing or stale instead of resolving
+    #[arg(long)]
+    locked: bool,
+}
+
+impl DebianArgs {
+    fn options(self, data: &DataDir) -> slipway::rootfs::Options {
+        slipway::rootfs::Options {
+            data: data.clone(),
+            cache: self.cache.unwrap_or_else(slipway::rootfs::default_cache),
+            lock_path: self.lock.unwrap_or_else(|| data.root.join("slipway.lock")),
+            mirror: self.mirror,
+            host_root: PathBuf::from("/"),
+            locked: self.locked,
+            source_date_epoch: slipway::rootfs::source_date_epoch_env().unwrap_or(0),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -116,6 +163,62 @@ fn run(cli: Cli) -> Result<()> {
                         "warning: {id} expires {when}; run `slipway secrets --renew-within-days 30`"
                     );
                 }
+            }
+        }
+        Cmd::Rootfs {
+            profile,
+            out,
+            debian,
+        } => {
+            let opts = debian.options(&data);
+            let t = std::time::Instant::now();
+            let r = slipway::rootfs::build(&profile, &opts)
+                .with_context(|| format!("building the {profile} root filesystem"))?;
+            let sha = slipway::rootfs::write_outputs(&r, &out, opts.source_date_epoch)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let summary = serde_json::json!({
+                "profile": profile,
+                "out": out,
+                "sbom": slipway::rootfs::sbom_path(&out),
+                "sha256": sha,
+                "packages": r.locked.packages.len(),
+                "entries": r.tree.len(),
+                "lock_updated": r.lock_updated,
+                "seconds": t.elapsed().as_secs_f64(),
+            });
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{}: {} packages, {} entries, sha256 {}{}",
+                    out.display(),
+                    r.locked.packages.len(),
+                    r.tree.len(),
+                    sha,
+                    if r.lock_updated {
+                        " (lock updated)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Cmd::Lock { profiles, debian } => {
+            let opts = debian.options(&data);
+            let profiles = if profiles.is_empty() {
+                vec!["base".into(), "control-plane".into(), "worker".into()]
+            } else {
+                profiles
+            };
+            let lock =
+                slipway::rootfs::refresh_lock(&profiles, &opts).context("refreshing the lock")?;
+            for (name, p) in &lock.profiles {
+                println!(
+                    "{name}: {} packages from {} ({})",
+                    p.packages.len(),
+                    p.codename,
+                    p.suite
+                );
             }
         }
         Cmd::Render {

@@ -12,6 +12,15 @@ use serde::Deserialize;
 
 use crate::cluster::Role;
 
+pub mod image;
+
+/// A profile or layer name: letters, digits, '-' and '_' only (it becomes a path).
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Suffix of overlay files that are templates.
 pub const TEMPLATE_SUFFIX: &str = ".hbs";
 /// Overlay directory holding partials shared by templates (not laid onto nodes).

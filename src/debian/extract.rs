@@ -1,0 +1,142 @@
+//! Unpacking a .deb without root and without running its scripts: the `ar` container
+//! (deb(5)), its control.tar and data.tar (xz, zstd, gzip or none), laid into a [`Tree`]
+//! with owners, modes, symlinks and hard links as the archive has them.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::fs::{Entry, Kind, Tree};
+
+use super::control::{self, Paragraph};
+
+/// What a package put where, and its control information.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    pub control: Paragraph,
+    /// control.tar members other than `control` (conffiles, md5sums, scripts, triggers).
+    pub control_files: BTreeMap<String, Vec<u8>>,
+    /// Every path of data.tar as dpkg lists it (`/.`, `/usr`, `/usr/bin/x`), in order.
+    pub paths: Vec<String>,
+}
+
+fn decompress<'a>(name: &str, bytes: &'a [u8]) -> Result<Box<dyn Read + 'a>, String> {
+    Ok(match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("xz") => Box::new(liblzma::read::XzDecoder::new(bytes)),
+        Some("zst") => {
+            Box::new(zstd::stream::read::Decoder::new(bytes).map_err(|e| e.to_string())?)
+        }
+        Some("gz") => Box::new(flate2::read::GzDecoder::new(bytes)),
+        Some("tar") => Box::new(bytes),
+        _ => return Err(format!("unknown member compression {name:?}")),
+    })
+}
+
+/// Unpacks `deb` into `tree`. `origin` names the package in errors.
+pub fn unpack(origin: &str, deb: &[u8], tree: &mut Tree) -> Result<Unpacked, String> {
+    let err = |e: String| format!("{origin}: {e}");
+    let mut ar = ar::Archive::new(deb);
+    let mut control_tar = None;
+    let mut data_tar = None;
+    while let Some(m) = ar.next_entry() {
+        let mut m = m.map_err(|e| err(format!("not a .deb (ar): {e}")))?;
+        let name = String::from_utf8_lossy(m.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        let mut buf = Vec::new();
+        m.read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
+        if name.starts_with("control.tar") {
+            control_tar = Some((name, buf));
+        } else if name.starts_with("data.tar") {
+            data_tar = Some((name, buf));
+        }
+    }
+    let (cname, cbytes) = control_tar.ok_or_else(|| err("no control.tar member".into()))?;
+    let (dname, dbytes) = data_tar.ok_or_else(|| err("no data.tar member".into()))?;
+
+    let mut control_files = BTreeMap::new();
+    let mut control_para = None;
+    let mut tar = tar::Archive::new(decompress(&cname, &cbytes).map_err(err)?);
+    for e in tar.entries().map_err(|e| err(e.to_string()))? {
+        let mut e = e.map_err(|e| err(format!("control.tar: {e}")))?;
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = e
+            .path()
+            .map_err(|e| err(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let name = path.trim_start_matches("./").to_string();
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
+        if name == "control" {
+            let text = String::from_utf8_lossy(&buf);
+            let paras =
+                control::parse(&text).map_err(|l| err(format!("control: line {l} malformed")))?;
+            control_para = paras.into_iter().next();
+        } else {
+            control_files.insert(name, buf);
+        }
+    }
+    let control = control_para.ok_or_else(|| err("control.tar has no control file".into()))?;
+
+    let mut paths = Vec::new();
+    let mut tar = tar::Archive::new(decompress(&dname, &dbytes).map_err(err)?);
+    for e in tar.entries().map_err(|e| err(e.to_string()))? {
+        let mut e = e.map_err(|e| err(format!("data.tar: {e}")))?;
+        let h = e.header();
+        let raw = e
+            .path()
+            .map_err(|e| err(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let mode = h.mode().map_err(|e| err(e.to_string()))? & 0o7777;
+        let uid = h.uid().map_err(|e| err(e.to_string()))? as u32;
+        let gid = h.gid().map_err(|e| err(e.to_string()))? as u32;
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut buf = Vec::with_capacity(h.size().unwrap_or(0) as usize);
+                e.read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
+                Kind::File(Arc::new(buf))
+            }
+            tar::EntryType::Symlink => {
+                let t = e
+                    .link_name()
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err(format!("{raw}: symlink without target")))?;
+                Kind::Symlink(t.to_string_lossy().into_owned())
+            }
+            tar::EntryType::Link => {
+                let t = e
+                    .link_name()
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err(format!("{raw}: hard link without target")))?;
+                let t = crate::fs::normalize(&t.to_string_lossy())
+                    .ok_or_else(|| err(format!("{raw}: bad hard link target")))?;
+                Kind::Hardlink(tree.canonical(&t))
+            }
+            other => return Err(err(format!("{raw}: unsupported tar entry type {other:?}"))),
+        };
+        let listed = match crate::fs::normalize(&raw) {
+            Some(p) => format!("/{p}"),
+            None => "/.".to_string(),
+        };
+        paths.push(listed);
+        tree.insert(
+            &raw,
+            Entry {
+                kind,
+                mode,
+                uid,
+                gid,
+            },
+        );
+    }
+    Ok(Unpacked {
+        control,
+        control_files,
+        paths,
+    })
+}

@@ -1,0 +1,268 @@
+//! The content-addressed download cache and the HTTP edge.
+//!
+//! Blobs live at `CACHE/sha256/HEX` and are named by the SHA-256 the signed index gave
+//! for them. A download goes to `CACHE/partial/HEX` (resumed with a Range request when a
+//! previous one was cut off), is hashed while it is written, and is renamed into place
+//! only when size and hash match. A cached blob is hashed again before use; one that no
+//! longer matches (tampered, truncated) is removed and fetched again, never used.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("fetching {url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("{url}: SHA-256 is {got}, the signed index says {want}")]
+    HashMismatch {
+        url: String,
+        want: String,
+        got: String,
+    },
+    #[error("{url}: {got} bytes, the signed index says {want}")]
+    SizeMismatch { url: String, want: u64, got: u64 },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One thing to have in the cache.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub url: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+pub struct Cache {
+    pub dir: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Cache {
+    pub fn new(dir: &Path) -> Cache {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_body(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Cache {
+            dir: dir.to_owned(),
+            agent,
+        }
+    }
+
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("sha256").join(sha256)
+    }
+
+    /// The cached blob if it is present and still hashes right; a bad one is removed.
+    pub fn verified(&self, want: &Want) -> Result<Option<PathBuf>, FetchError> {
+        let path = self.blob_path(&want.sha256);
+        match hash_file(&path) {
+            Ok((size, got)) if size == want.size && got == want.sha256 => Ok(Some(path)),
+            Ok(_) => {
+                // Tampered or truncated: never used, fetched again.
+                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// GETs a small resource (InRelease) without caching it.
+    pub fn get_text(&self, url: &str) -> Result<String, FetchError> {
+        let http = |reason: String| FetchError::Http {
+            url: url.to_string(),
+            reason,
+        };
+        let mut resp = self
+            .agent
+            .get(url)
+            .call()
+            .map_err(|e| http(e.to_string()))?;
+        resp.body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| http(e.to_string()))
+    }
+
+    /// Makes sure every blob is cached and verified, downloading what is missing with a
+    /// few parallel connections. Returns each blob's path, in the order given.
+    pub fn ensure_all(&self, wants: &[Want], label: &str) -> Result<Vec<PathBuf>, FetchError> {
+        let mut missing = Vec::new();
+        for (i, w) in wants.iter().enumerate() {
+            if self.verified(w)?.is_none() {
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            let total: u64 = missing.iter().map(|&i| wants[i].size).sum();
+            let bar = progress(total, label);
+            let queue = Mutex::new(missing);
+            let first_error: Mutex<Option<FetchError>> = Mutex::new(None);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        loop {
+                            if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                                return;
+                            }
+                            let Some(i) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                                return;
+                            };
+                            if let Err(e) = self.download(&wants[i], &bar)
+                                && let Ok(mut slot) = first_error.lock()
+                            {
+                                slot.get_or_insert(e);
+                            }
+                        }
+                    });
+                }
+            });
+            bar.finish_and_clear();
+            if let Some(e) = first_error.into_inner().ok().flatten() {
+                return Err(e);
+            }
+        }
+        Ok(wants.iter().map(|w| self.blob_path(&w.sha256)).collect())
+    }
+
+    fn download(&self, want: &Want, bar: &ProgressBar) -> Result<(), FetchError> {
+        let partial_dir = self.dir.join("partial");
+        let blob_dir = self.dir.join("sha256");
+        for d in [&partial_dir, &blob_dir] {
+            fs::create_dir_all(d).map_err(io_err("creating", d))?;
+        }
+        let partial = partial_dir.join(&want.sha256);
+        let http = |reason: String| FetchError::Http {
+            url: want.url.clone(),
+            reason,
+        };
+        // Resume: hash what is already there, ask for the rest.
+        let mut hasher = Sha256::new();
+        let mut have = 0u64;
+        if let Ok(mut f) = fs::File::open(&partial) {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = f.read(&mut buf).map_err(io_err("reading", &partial))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                have += n as u64;
+            }
+        }
+        if have > want.size {
+            fs::remove_file(&partial).map_err(io_err("removing", &partial))?;
+            hasher = Sha256::new();
+            have = 0;
+        }
+        let mut req = self.agent.get(&want.url);
+        if have > 0 {
+            req = req.header("Range", format!("bytes={have}-"));
+        }
+        let mut resp = req.call().map_err(|e| http(e.to_string()))?;
+        if have > 0 && resp.status() != 206 {
+            // The server ignored the range: start over.
+            hasher = Sha256::new();
+            have = 0;
+            let _ = fs::remove_file(&partial);
+        }
+        bar.inc(have);
+        let mut out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(io_err("writing", &partial))?;
+        let mut body = resp.body_mut().with_config().limit(want.size + 1).reader();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = body.read(&mut buf).map_err(|e| http(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(io_err("writing", &partial))?;
+            hasher.update(&buf[..n]);
+            have += n as u64;
+            bar.inc(n as u64);
+        }
+        out.sync_all().map_err(io_err("writing", &partial))?;
+        drop(out);
+        if have != want.size {
+            if have > want.size {
+                let _ = fs::remove_file(&partial);
+            }
+            return Err(FetchError::SizeMismatch {
+                url: want.url.clone(),
+                want: want.size,
+                got: have,
+            });
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != want.sha256 {
+            let _ = fs::remove_file(&partial);
+            return Err(FetchError::HashMismatch {
+                url: want.url.clone(),
+                want: want.sha256.clone(),
+                got,
+            });
+        }
+        let dest = self.blob_path(&want.sha256);
+        fs::rename(&partial, &dest).map_err(io_err("renaming", &dest))
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FetchError {
+    let path = path.to_owned();
+    move |source| FetchError::Io { op, path, source }
+}
+
+/// (size, hex SHA-256) of a file.
+pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(h.finalize())))
+}
+
+fn progress(total: u64, label: &str) -> ProgressBar {
+    use std::io::IsTerminal;
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    bar
+}

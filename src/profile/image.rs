@@ -1,0 +1,131 @@
+//! Image profiles (`profiles/NAME.toml`): which Debian suite, components, kernel and
+//! packages make an image. A profile may extend another; package lists accumulate and
+//! later scalar settings win.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ProfileError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageFile {
+    description: String,
+    extends: Option<String>,
+    suite: Option<String>,
+    components: Option<Vec<String>>,
+    architecture: Option<String>,
+    kernel: Option<String>,
+    mirror: Option<String>,
+    keyring: Option<PathBuf>,
+    #[serde(default)]
+    packages: Vec<String>,
+}
+
+/// A profile with its `extends` chain merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageProfile {
+    pub name: String,
+    pub description: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    pub architecture: String,
+    pub kernel: String,
+    /// None: the host's apt sources decide.
+    pub mirror: Option<String>,
+    pub keyring: PathBuf,
+    /// Kernel first, then packages in profile order, without duplicates.
+    pub packages: Vec<String>,
+}
+
+pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+impl ImageProfile {
+    /// Loads `profiles/NAME.toml` from `root`, following `extends`.
+    pub fn load(root: &Path, name: &str) -> Result<ImageProfile, ProfileError> {
+        let mut chain = Vec::new();
+        let mut next = Some(name.to_string());
+        while let Some(n) = next {
+            let path = root.join("profiles").join(format!("{n}.toml"));
+            if chain
+                .iter()
+                .any(|(m, _, _): &(String, PathBuf, ImageFile)| *m == n)
+            {
+                return Err(ProfileError::Invalid {
+                    path,
+                    field: "extends".into(),
+                    reason: format!("profile {n:?} extends itself through a cycle"),
+                });
+            }
+            if !super::is_plain_name(&n) {
+                return Err(ProfileError::Invalid {
+                    path,
+                    field: "extends".into(),
+                    reason: format!("{n:?} is not a profile name"),
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let f: ImageFile = toml::from_str(&text).map_err(|e| ProfileError::Parse {
+                path: path.clone(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+            next = f.extends.clone();
+            chain.push((n, path, f));
+        }
+        // Base first, the named profile last.
+        chain.reverse();
+        let mut p = ImageProfile {
+            name: name.to_string(),
+            description: String::new(),
+            suite: "trixie".into(),
+            components: vec!["main".into()],
+            architecture: "amd64".into(),
+            kernel: "linux-image-amd64".into(),
+            mirror: None,
+            keyring: PathBuf::from(DEFAULT_KEYRING),
+            packages: Vec::new(),
+        };
+        let mut packages: Vec<String> = Vec::new();
+        for (_, path, f) in chain {
+            p.description = f.description;
+            if let Some(v) = f.suite {
+                p.suite = v;
+            }
+            if let Some(v) = f.components {
+                p.components = v;
+            }
+            if let Some(v) = f.architecture {
+                p.architecture = v;
+            }
+            if let Some(v) = f.kernel {
+                p.kernel = v;
+            }
+            if f.mirror.is_some() {
+                p.mirror = f.mirror;
+            }
+            if let Some(v) = f.keyring {
+                p.keyring = v;
+            }
+            for (i, pkg) in f.packages.into_iter().enumerate() {
+                if pkg.is_empty() || pkg.contains(char::is_whitespace) {
+                    return Err(ProfileError::Invalid {
+                        path: path.clone(),
+                        field: format!("packages[{i}]"),
+                        reason: format!("{pkg:?} is not a package name"),
+                    });
+                }
+                if !packages.contains(&pkg) {
+                    packages.push(pkg);
+                }
+            }
+        }
+        let mut all = vec![p.kernel.clone()];
+        all.extend(packages.into_iter().filter(|x| *x != p.kernel));
+        p.packages = all;
+        Ok(p)
+    }
+}

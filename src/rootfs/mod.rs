@@ -1,0 +1,348 @@
+//! `slipway rootfs`: an image profile -> locked package set -> verified downloads ->
+//! unpacked tree -> declarative configuration -> reproducible tar and SPDX SBOM.
+//!
+//! Rootless: nothing is mounted, no maintainer script runs, no chroot is entered.
+
+pub mod accounts;
+pub mod configure;
+pub mod sbom;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::debian::fetch::{Cache, FetchError, Want};
+use crate::debian::lock::{self, Lock, LockedPackage, LockedProfile};
+use crate::debian::packages::Index;
+use crate::debian::{extract, release, resolve, sources};
+use crate::fs::{Entry, Tree};
+use crate::profile::image::ImageProfile;
+use crate::profile::{DataDir, ProfileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+    #[error(
+        "no Debian mirror: the host's apt sources name none; set `mirror` in the profile or pass --mirror"
+    )]
+    NoMirror,
+    #[error("{}: InRelease of {suite}: {reason}", url)]
+    Release {
+        url: String,
+        suite: String,
+        reason: String,
+    },
+    #[error("keyring {path}: {reason}")]
+    Keyring { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Index(String),
+    #[error(
+        "{lock}: the entry for profile {profile} is missing or stale (the profile changed); run `slipway lock`"
+    )]
+    StaleLock { lock: PathBuf, profile: String },
+    #[error("{0}")]
+    Lock(String),
+    #[error("{0}")]
+    Unpack(String),
+    #[error("configuring the tree: {0}")]
+    Configure(String),
+}
+
+/// Where a build finds and keeps things.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data: DataDir,
+    pub cache: PathBuf,
+    pub lock_path: PathBuf,
+    /// Overrides the profile's mirror and the host's apt sources.
+    pub mirror: Option<String>,
+    /// Where to read apt sources from ("/" normally; tests point elsewhere).
+    pub host_root: PathBuf,
+    /// Fail instead of resolving when the lock entry is missing or stale.
+    pub locked: bool,
+    pub source_date_epoch: u64,
+}
+
+/// The default download cache: `$SLIPWAY_CACHE`, else `$XDG_CACHE_HOME/slipway`, else
+/// `~/.cache/slipway`.
+pub fn default_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLIPWAY_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("slipway")
+}
+
+/// SOURCE_DATE_EPOCH from the environment, if set and valid.
+pub fn source_date_epoch_env() -> Option<u64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+}
+
+fn mirror(profile: &ImageProfile, opts: &Options) -> Result<String, RootfsError> {
+    if let Some(m) = opts.mirror.clone().or_else(|| profile.mirror.clone()) {
+        return Ok(m.trim_end_matches('/').to_string());
+    }
+    sources::pick_debian_mirror(&sources::host_debian_uris(&opts.host_root))
+        .ok_or(RootfsError::NoMirror)
+}
+
+/// Resolves a profile against its mirror's signed indexes (network).
+pub fn resolve_profile(
+    profile: &ImageProfile,
+    opts: &Options,
+    cache: &Cache,
+) -> Result<LockedProfile, RootfsError> {
+    let mirror = mirror(profile, opts)?;
+    let keyring_bytes = std::fs::read(&profile.keyring).map_err(|e| RootfsError::Keyring {
+        path: profile.keyring.clone(),
+        reason: e.to_string(),
+    })?;
+    let keyring = release::load_keyring(&keyring_bytes).map_err(|reason| RootfsError::Keyring {
+        path: profile.keyring.clone(),
+        reason,
+    })?;
+    let url = format!("{mirror}/dists/{}/InRelease", profile.suite);
+    let text = cache.get_text(&url)?;
+    let rel = release::verify(&text, &keyring).map_err(|reason| RootfsError::Release {
+        url: url.clone(),
+        suite: profile.suite.clone(),
+        reason,
+    })?;
+    let mut index = Index::default();
+    for comp in &profile.components {
+        let path = format!("{comp}/binary-{}/Packages.xz", profile.architecture);
+        let (size, sha256) =
+            rel.sha256
+                .get(&path)
+                .cloned()
+                .ok_or_else(|| RootfsError::Release {
+                    url: url.clone(),
+                    suite: profile.suite.clone(),
+                    reason: format!("lists no {path}"),
+                })?;
+        let want = Want {
+            url: format!("{mirror}/dists/{}/{path}", profile.suite),
+            size,
+            sha256,
+        };
+        let blob = cache.ensure_all(std::slice::from_ref(&want), "index")?;
+        let raw = std::fs::read(&blob[0])
+            .map_err(|e| RootfsError::Index(format!("{}: {e}", blob[0].display())))?;
+        let mut text = String::new();
+        liblzma::read::XzDecoder::new(&raw[..])
+            .read_to_string(&mut text)
+            .map_err(|e| RootfsError::Index(format!("{}: {e}", want.url)))?;
+        index
+            .add(&want.url, &text, &profile.architecture)
+            .map_err(RootfsError::Index)?;
+    }
+    let names = resolve::resolve(&index, &profile.packages, true)?;
+    let packages = names
+        .iter()
+        .map(|n| {
+            let p = &index.packages[n];
+            LockedPackage {
+                name: p.name.clone(),
+                version: p.version.to_string(),
+                architecture: p.architecture.clone(),
+                filename: p.filename.clone(),
+                size: p.size,
+                sha256: p.sha256.clone(),
+            }
+        })
+        .collect();
+    Ok(LockedProfile {
+        inputs: lock::inputs_hash(profile),
+        suite: rel.suite,
+        codename: rel.codename,
+        packages,
+    })
+}
+
+/// `slipway lock`: re-resolves the named profiles and writes the lock.
+pub fn refresh_lock(profiles: &[String], opts: &Options) -> Result<Lock, RootfsError> {
+    let cache = Cache::new(&opts.cache);
+    let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
+    for name in profiles {
+        let p = ImageProfile::load(&opts.data.root, name)?;
+        let entry = resolve_profile(&p, opts, &cache)?;
+        lock.profiles.insert(p.name.clone(), entry);
+    }
+    save_lock(&lock, &opts.lock_path)?;
+    Ok(lock)
+}
+
+fn save_lock(lock: &Lock, path: &Path) -> Result<(), RootfsError> {
+    let text = lock.to_text().map_err(RootfsError::Lock)?;
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|e| RootfsError::Lock(format!("writing {}: {e}", path.display())))
+}
+
+/// A built root filesystem.
+pub struct Rootfs {
+    pub profile: ImageProfile,
+    pub tree: Tree,
+    pub locked: LockedProfile,
+    /// Whether the lock file was (re)written.
+    pub lock_updated: bool,
+}
+
+/// Builds the tree of `profile`.
+pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> {
+    // 1. profile and lock
+    let profile = ImageProfile::load(&opts.data.root, profile_name)?;
+    let cache = Cache::new(&opts.cache);
+    let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
+    let mut lock_updated = false;
+    let locked = match lock.fresh(&profile) {
+        Some(l) => l.clone(),
+        None if opts.locked => {
+            return Err(RootfsError::StaleLock {
+                lock: opts.lock_path.clone(),
+                profile: profile.name.clone(),
+            });
+        }
+        None => {
+            let l = resolve_profile(&profile, opts, &cache)?;
+            lock.profiles.insert(profile.name.clone(), l.clone());
+            save_lock(&lock, &opts.lock_path)?;
+            lock_updated = true;
+            l
+        }
+    };
+
+    // 2. packages into the cache (the mirror is only needed for what is missing)
+    let mirror_for_urls = mirror(&profile, opts).unwrap_or_default();
+    let wants: Vec<Want> = locked
+        .packages
+        .iter()
+        .map(|p| Want {
+            url: format!("{mirror_for_urls}/{}", p.filename),
+            size: p.size,
+            sha256: p.sha256.clone(),
+        })
+        .collect();
+    let all_cached = wants
+        .iter()
+        .all(|w| cache.verified(w).ok().flatten().is_some());
+    if !all_cached && mirror_for_urls.is_empty() {
+        return Err(RootfsError::NoMirror);
+    }
+    let blobs = cache.ensure_all(&wants, "packages")?;
+
+    // 3. unpack, in name order
+    let mut tree = Tree::new_merged_usr();
+    let mut unpacked = Vec::new();
+    for (p, blob) in locked.packages.iter().zip(&blobs) {
+        let bytes = std::fs::read(blob)
+            .map_err(|e| RootfsError::Unpack(format!("{}: {e}", blob.display())))?;
+        unpacked.push(extract::unpack(&p.name, &bytes, &mut tree).map_err(RootfsError::Unpack)?);
+    }
+
+    // 4. what the maintainer scripts would have done
+    let rules_path = opts.data.root.join("profiles/debian/maintscripts.toml");
+    let rules_text = std::fs::read_to_string(&rules_path).map_err(|source| ProfileError::Io {
+        path: rules_path.clone(),
+        source,
+    })?;
+    let rules: configure::Rules = toml::from_str(&rules_text).map_err(|e| ProfileError::Parse {
+        path: rules_path.clone(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let overlay = opts.data.overlays().join("rootfs");
+    lay_overlay(&mut tree, &overlay)?;
+    let version = &locked.inputs[..12];
+    let image_id = format!("slipway-{}", profile.name);
+    configure::configure(
+        &mut tree,
+        &unpacked,
+        &rules,
+        &configure::Identity {
+            image_id: &image_id,
+            image_version: version,
+        },
+        opts.source_date_epoch,
+    )
+    .map_err(RootfsError::Configure)?;
+    Ok(Rootfs {
+        profile,
+        tree,
+        locked,
+        lock_updated,
+    })
+}
+
+/// Copies the plain files of an overlay tree into the image tree (0644, or 0755 where
+/// the source is executable).
+fn lay_overlay(tree: &mut Tree, dir: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|source| ProfileError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        for e in rd {
+            let p = e
+                .map_err(|source| ProfileError::Io {
+                    path: d.clone(),
+                    source,
+                })?
+                .path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).map_err(|source| ProfileError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            let exec = std::fs::metadata(&p)
+                .map(|m| m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            tree.insert(&rel, Entry::file(bytes, if exec { 0o755 } else { 0o644 }));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the tree as a reproducible tar to `out` (atomically) and the SBOM beside it
+/// (`out` with `.spdx.json`). Returns the tar's SHA-256.
+pub fn write_outputs(r: &Rootfs, out: &Path, source_date_epoch: u64) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut bytes = Vec::new();
+    bytes = crate::image::tar::write(&r.tree, source_date_epoch, bytes)?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    crate::fsutil::write_atomic(out, &bytes, 0o644)?;
+    let sbom = sbom::spdx(
+        &r.profile.name,
+        &r.locked.codename,
+        &r.locked.packages,
+        source_date_epoch,
+    );
+    let sbom_path = sbom_path(out);
+    let text = serde_json::to_vec_pretty(&sbom).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(&sbom_path, &text, 0o644)?;
+    Ok(sha)
+}
+
+pub fn sbom_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".tar").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.spdx.json"))
+}
