@@ -54,6 +54,13 @@ enum Cmd {
         #[command(flatten)]
         debian: DebianArgs,
     },
+    /// Download an image profile's packages into the cache (resolving first if needed)
+    Fetch {
+        /// Profiles to fetch [default: base, control-plane, worker]
+        profiles: Vec<String>,
+        #[command(flatten)]
+        debian: DebianArgs,
+    },
     /// Resolve image profiles against their mirror and rewrite the lock file
     Lock {
         /// Profiles to resolve [default: base, control-plane, worker]
@@ -203,6 +210,20 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        Cmd::Fetch { profiles, debian } => {
+            let opts = debian.options(&data);
+            for p in default_profiles(profiles) {
+                let (locked, updated) = slipway::rootfs::fetch(&p, &opts).with_context(|| format!("fetching {p}"))?;
+                let bytes: u64 = locked.packages.iter().map(|p| p.size).sum();
+                println!(
+                    "{p}: {} packages, {} MB in {}{}",
+                    locked.packages.len(),
+                    bytes / 1_000_000,
+                    opts.cache.display(),
+                    if updated { " (lock updated)" } else { "" }
+                );
+            }
+        }
         Cmd::Lock { profiles, debian } => {
             let opts = debian.options(&data);
             let profiles = if profiles.is_empty() {
@@ -260,6 +281,14 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn default_profiles(profiles: Vec<String>) -> Vec<String> {
+    if profiles.is_empty() {
+        vec!["base".into(), "control-plane".into(), "worker".into()]
+    } else {
+        profiles
+    }
 }
 
 fn warn(warnings: &[String]) {

@@ -194,32 +194,30 @@ pub struct Rootfs {
     pub lock_updated: bool,
 }
 
-/// Builds the tree of `profile`.
-pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> {
-    // 1. profile and lock
-    let profile = ImageProfile::load(&opts.data.root, profile_name)?;
-    let cache = Cache::new(&opts.cache);
+/// The locked package set of a profile, resolving (and writing the lock) when the entry
+/// is missing or stale and `opts.locked` allows it. Returns the entry and whether the lock
+/// file was written.
+fn locked_profile(profile: &ImageProfile, opts: &Options, cache: &Cache) -> Result<(LockedProfile, bool), RootfsError> {
     let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
-    let mut lock_updated = false;
-    let locked = match lock.fresh(&profile) {
-        Some(l) => l.clone(),
-        None if opts.locked => {
-            return Err(RootfsError::StaleLock {
-                lock: opts.lock_path.clone(),
-                profile: profile.name.clone(),
-            });
-        }
-        None => {
-            let l = resolve_profile(&profile, opts, &cache)?;
-            lock.profiles.insert(profile.name.clone(), l.clone());
-            save_lock(&lock, &opts.lock_path)?;
-            lock_updated = true;
-            l
-        }
-    };
+    if let Some(l) = lock.fresh(profile) {
+        return Ok((l.clone(), false));
+    }
+    if opts.locked {
+        return Err(RootfsError::StaleLock {
+            lock: opts.lock_path.clone(),
+            profile: profile.name.clone(),
+        });
+    }
+    let l = resolve_profile(profile, opts, cache)?;
+    lock.profiles.insert(profile.name.clone(), l.clone());
+    save_lock(&lock, &opts.lock_path)?;
+    Ok((l, true))
+}
 
-    // 2. packages into the cache (the mirror is only needed for what is missing)
-    let mirror_for_urls = mirror(&profile, opts).unwrap_or_default();
+/// Downloads (or verifies in the cache) every package of the locked set. The mirror is
+/// needed only for what is missing.
+fn fetch_locked(profile: &ImageProfile, locked: &LockedProfile, opts: &Options, cache: &Cache) -> Result<Vec<PathBuf>, RootfsError> {
+    let mirror_for_urls = mirror(profile, opts).unwrap_or_default();
     let wants: Vec<Want> = locked
         .packages
         .iter()
@@ -229,13 +227,34 @@ pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> 
             sha256: p.sha256.clone(),
         })
         .collect();
-    let all_cached = wants
-        .iter()
-        .all(|w| cache.verified(w).ok().flatten().is_some());
-    if !all_cached && mirror_for_urls.is_empty() {
-        return Err(RootfsError::NoMirror);
+    if mirror_for_urls.is_empty() {
+        for w in &wants {
+            if cache.verified(w)?.is_none() {
+                return Err(RootfsError::NoMirror);
+            }
+        }
     }
-    let blobs = cache.ensure_all(&wants, "packages")?;
+    Ok(cache.ensure_all(&wants, "packages")?)
+}
+
+/// `slipway fetch`: the profile's packages into the cache, for building offline later.
+pub fn fetch(profile_name: &str, opts: &Options) -> Result<(LockedProfile, bool), RootfsError> {
+    let profile = ImageProfile::load(&opts.data.root, profile_name)?;
+    let cache = Cache::new(&opts.cache);
+    let (locked, updated) = locked_profile(&profile, opts, &cache)?;
+    fetch_locked(&profile, &locked, opts, &cache)?;
+    Ok((locked, updated))
+}
+
+/// Builds the tree of `profile`.
+pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> {
+    // 1. profile and lock
+    let profile = ImageProfile::load(&opts.data.root, profile_name)?;
+    let cache = Cache::new(&opts.cache);
+    let (locked, lock_updated) = locked_profile(&profile, opts, &cache)?;
+
+    // 2. packages into the cache
+    let blobs = fetch_locked(&profile, &locked, opts, &cache)?;
 
     // 3. unpack, in name order
     let mut tree = Tree::new_merged_usr();

@@ -2,6 +2,8 @@
 //! cluster, and running the independent tools we check our output with.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -83,4 +85,11 @@ pub fn example_with(from: &str, to: &str) -> String {
     let text = std::fs::read_to_string(example()).unwrap();
     assert!(text.contains(from), "example does not contain {from:?}");
     text.replacen(from, to, 1)
+}
+
+/// A 0700 directory (gpg refuses a world-readable home).
+pub fn create_private_dir(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
