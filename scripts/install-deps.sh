@@ -5,10 +5,13 @@ set -euo pipefail
 
 # The independent judges the tests run (see README "Tests"):
 #   ignition-validate (ignition), haproxy, keepalived, nft (nftables), openssl,
-#   systemd-analyze (systemd), unshare (util-linux), ip (iproute2).
+#   systemd-analyze (systemd), unshare (util-linux), ip (iproute2); for the root
+#   filesystem: the Debian archive keyring, gpg and dpkg-deb for the test repository,
+#   mmdebstrap as the reference builder, chroot and tar.
 APT_PACKAGES=(
     ca-certificates gcc pkg-config make
     ignition haproxy keepalived nftables openssl systemd util-linux iproute2
+    debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
 )
 
 missing=()
@@ -37,4 +40,14 @@ if command -v rustup >/dev/null 2>&1; then
     for c in clippy rustfmt; do
         rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
     done
+fi
+
+# Building Debian 13 images from a Debian 12 host needs the trixie archive keys, which
+# came to bookworm's keyring in a point release: upgrade it if they are not there.
+if ! gpg --show-keys /usr/share/keyrings/debian-archive-keyring.gpg 2>/dev/null | grep -q "13/trixie"; then
+    echo "install-deps: upgrading debian-archive-keyring for the Debian 13 signing keys"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --only-upgrade debian-archive-keyring >/dev/null
 fi

@@ -213,7 +213,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fetch { profiles, debian } => {
             let opts = debian.options(&data);
             for p in default_profiles(profiles) {
-                let (locked, updated) = slipway::rootfs::fetch(&p, &opts).with_context(|| format!("fetching {p}"))?;
+                let (locked, updated) =
+                    slipway::rootfs::fetch(&p, &opts).with_context(|| format!("fetching {p}"))?;
                 let bytes: u64 = locked.packages.iter().map(|p| p.size).sum();
                 println!(
                     "{p}: {} packages, {} MB in {}{}",

@@ -42,7 +42,12 @@ fn deb(work: &Path, name: &str, version: &str, fields: &str, files: &[(&str, &st
         std::fs::write(&f, c).unwrap();
     }
     let out = work.join(format!("{name}_{version}_amd64.deb"));
-    check(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&dir).arg(&out));
+    check(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&dir)
+            .arg(&out),
+    );
     std::fs::read(out).unwrap()
 }
 
@@ -52,7 +57,14 @@ fn sha(b: &[u8]) -> String {
 
 fn gpg(gnupg: &Path) -> Command {
     let mut c = Command::new("gpg");
-    c.env("GNUPGHOME", gnupg).args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]);
+    c.env("GNUPGHOME", gnupg).args([
+        "--batch",
+        "--quiet",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+    ]);
     c
 }
 
@@ -73,7 +85,12 @@ fn publish(root: &Path, gnupg: &Path, signer: &str, packages: &str) {
     let rel = root.join("dists/test/Release");
     std::fs::write(&rel, release).unwrap();
     let _ = std::fs::remove_file(root.join("dists/test/InRelease"));
-    check(gpg(gnupg).args(["--local-user", signer, "--clearsign", "--output"]).arg(root.join("dists/test/InRelease")).arg(&rel));
+    check(
+        gpg(gnupg)
+            .args(["--local-user", signer, "--clearsign", "--output"])
+            .arg(root.join("dists/test/InRelease"))
+            .arg(&rel),
+    );
 }
 
 fn repo() -> Repo {
@@ -83,7 +100,10 @@ fn repo() -> Repo {
     let gnupg = tmp.path().join("gnupg");
     std::fs::create_dir_all(&work).unwrap();
     common::create_private_dir(&gnupg);
-    for uid in ["Slipway Test <test@slipway.invalid>", "Stranger <other@slipway.invalid>"] {
+    for uid in [
+        "Slipway Test <test@slipway.invalid>",
+        "Stranger <other@slipway.invalid>",
+    ] {
         check(gpg(&gnupg).args(["--quick-gen-key", uid, "ed25519", "sign", "never"]));
     }
     let pool = root.join("pool");
@@ -104,8 +124,14 @@ fn repo() -> Repo {
         "3.6.7",
         "Priority: required\n",
         &[
-            ("usr/share/base-passwd/passwd.master", "root:*:0:0:root:/root:/bin/bash\nnobody:*:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-            ("usr/share/base-passwd/group.master", "root:*:0:\nshadow:*:42:\nnogroup:*:65534:\n"),
+            (
+                "usr/share/base-passwd/passwd.master",
+                "root:*:0:0:root:/root:/bin/bash\nnobody:*:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            ),
+            (
+                "usr/share/base-passwd/group.master",
+                "root:*:0:\nshadow:*:42:\nnogroup:*:65534:\n",
+            ),
         ],
     );
     add("libfoo", "1.2-1", "", &[("usr/lib/libfoo.so.1", "foo")]);
@@ -113,10 +139,26 @@ fn repo() -> Repo {
         "hello",
         "2.10-3",
         "Depends: libfoo (>= 1.0), greeter | hello-greeter\n",
-        &[("usr/bin/hello", "#!/bin/sh\necho hello\n"), ("usr/lib/sysusers.d/hello.conf", "u hello - \"Hello daemon\" /var/lib/hello\n")],
+        &[
+            ("usr/bin/hello", "#!/bin/sh\necho hello\n"),
+            (
+                "usr/lib/sysusers.d/hello.conf",
+                "u hello - \"Hello daemon\" /var/lib/hello\n",
+            ),
+        ],
     );
-    add("greeter", "1", "Provides: hello-greeter\n", &[("usr/share/greeter", "hi")]);
-    add("broken", "1", "Depends: missing (>= 2)\n", &[("usr/share/broken", "x")]);
+    add(
+        "greeter",
+        "1",
+        "Provides: hello-greeter\n",
+        &[("usr/share/greeter", "hi")],
+    );
+    add(
+        "broken",
+        "1",
+        "Depends: missing (>= 2)\n",
+        &[("usr/share/broken", "x")],
+    );
     std::fs::write(root.join("Packages.txt"), &packages).unwrap();
     publish(&root, &gnupg, "test@slipway.invalid", &packages);
     // The archive keyring holds only the test key.
@@ -126,15 +168,32 @@ fn repo() -> Repo {
     // Data dir: the project's rules and overlays, plus a test profile.
     let data = tmp.path().join("data");
     std::fs::create_dir_all(data.join("profiles/debian")).unwrap();
-    std::fs::copy(common::repo().join("profiles/debian/maintscripts.toml"), data.join("profiles/debian/maintscripts.toml")).unwrap();
-    copy_tree(&common::repo().join("overlays/rootfs"), &data.join("overlays/rootfs"));
+    std::fs::copy(
+        common::repo().join("profiles/debian/maintscripts.toml"),
+        data.join("profiles/debian/maintscripts.toml"),
+    )
+    .unwrap();
+    copy_tree(
+        &common::repo().join("overlays/rootfs"),
+        &data.join("overlays/rootfs"),
+    );
     write_profile(&data, &keyring, &["hello"]);
     let server = Server::serve(root.clone());
-    Repo { _tmp: tmp, root, data, server, gnupg }
+    Repo {
+        _tmp: tmp,
+        root,
+        data,
+        server,
+        gnupg,
+    }
 }
 
 fn write_profile(data: &Path, keyring: &Path, packages: &[&str]) {
-    let list = packages.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+    let list = packages
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     std::fs::write(
         data.join("profiles/test.toml"),
         format!(
@@ -179,10 +238,17 @@ fn assert_cache_consistent(cache: &Path) {
         for e in rd {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            assert_eq!(sha(&std::fs::read(&p).unwrap()), name, "{} is corrupt", p.display());
+            assert_eq!(
+                sha(&std::fs::read(&p).unwrap()),
+                name,
+                "{} is corrupt",
+                p.display()
+            );
         }
     }
-    let partial = std::fs::read_dir(cache.join("partial")).map(|r| r.count()).unwrap_or(0);
+    let partial = std::fs::read_dir(cache.join("partial"))
+        .map(|r| r.count())
+        .unwrap_or(0);
     assert_eq!(partial, 0, "partial downloads left behind");
 }
 
@@ -198,38 +264,101 @@ fn builds_reproducibly_from_a_signed_repository() {
     let cache = work.path().join("cache");
     let a = build_tar(&r, &cache, &work.path().join("a.tar"));
     let debs_fetched = r.server.requests(".deb").len();
-    assert_eq!(debs_fetched, 4, "base-passwd, libfoo, hello, greeter: {:?}", r.server.requests(""));
+    assert_eq!(
+        debs_fetched,
+        4,
+        "base-passwd, libfoo, hello, greeter: {:?}",
+        r.server.requests("")
+    );
     // Second build: same lock, same SOURCE_DATE_EPOCH, warm cache, no .deb downloaded.
     let b = build_tar(&r, &cache, &work.path().join("b.tar"));
     assert_eq!(a, b, "two builds differ");
-    assert_eq!(r.server.requests(".deb").len(), debs_fetched, "the warm build downloaded again");
+    assert_eq!(
+        r.server.requests(".deb").len(),
+        debs_fetched,
+        "the warm build downloaded again"
+    );
     // A cold cache gives the same bytes too.
-    let c = build_tar(&r, &work.path().join("cache2/c"), &work.path().join("c.tar"));
+    let c = build_tar(
+        &r,
+        &work.path().join("cache2/c"),
+        &work.path().join("c.tar"),
+    );
     assert_eq!(a, c);
     assert_cache_consistent(&cache);
 
     // Contents, read back with the real tar.
-    let list = common::stdout(&check(Command::new("tar").arg("-tvf").arg(work.path().join("a.tar"))));
-    for want in ["usr/bin/hello", "etc/passwd", "etc/shadow", "var/lib/dpkg/status", "usr/lib/libfoo.so.1", "usr/share/greeter"] {
-        assert!(list.lines().any(|l| l.ends_with(&format!(" {want}"))), "{want} missing:\n{list}");
+    let list = common::stdout(&check(
+        Command::new("tar")
+            .arg("-tvf")
+            .arg(work.path().join("a.tar")),
+    ));
+    for want in [
+        "usr/bin/hello",
+        "etc/passwd",
+        "etc/shadow",
+        "var/lib/dpkg/status",
+        "usr/lib/libfoo.so.1",
+        "usr/share/greeter",
+    ] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!(" {want}"))),
+            "{want} missing:\n{list}"
+        );
     }
-    assert!(list.lines().all(|l| l.contains("0/0") || l.contains("0/42")), "owners are numeric root (and shadow):\n{list}");
-    assert!(list.lines().all(|l| l.contains("2023-11-14")), "mtimes are SOURCE_DATE_EPOCH:\n{list}");
+    assert!(
+        list.lines()
+            .all(|l| l.contains("0/0") || l.contains("0/42")),
+        "owners are numeric root (and shadow):\n{list}"
+    );
+    assert!(
+        list.lines().all(|l| l.contains("2023-11-14")),
+        "mtimes are SOURCE_DATE_EPOCH:\n{list}"
+    );
     let x = tempfile::tempdir().unwrap();
-    check(Command::new("tar").arg("-xf").arg(work.path().join("a.tar")).arg("-C").arg(x.path()));
+    check(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(work.path().join("a.tar"))
+            .arg("-C")
+            .arg(x.path()),
+    );
     let passwd = std::fs::read_to_string(x.path().join("etc/passwd")).unwrap();
-    assert!(passwd.contains("hello:x:999:999:Hello daemon:/var/lib/hello:/usr/sbin/nologin"), "{passwd}");
+    assert!(
+        passwd.contains("hello:x:999:999:Hello daemon:/var/lib/hello:/usr/sbin/nologin"),
+        "{passwd}"
+    );
     let status = std::fs::read_to_string(x.path().join("var/lib/dpkg/status")).unwrap();
-    assert_eq!(status.matches("Status: install ok installed").count(), 4, "{status}");
-    check(Command::new("dpkg").arg(format!("--admindir={}", x.path().join("var/lib/dpkg").display())).args(["--audit"]));
+    assert_eq!(
+        status.matches("Status: install ok installed").count(),
+        4,
+        "{status}"
+    );
+    check(
+        Command::new("dpkg")
+            .arg(format!(
+                "--admindir={}",
+                x.path().join("var/lib/dpkg").display()
+            ))
+            .args(["--audit"]),
+    );
     // The SBOM names every package with its checksum.
-    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(work.path().join("a.spdx.json")).unwrap()).unwrap();
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("a.spdx.json")).unwrap()).unwrap();
     assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
-    let names: Vec<&str> = sbom["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["base-passwd", "greeter", "hello", "libfoo"]);
     // The lock pins what was used.
     let lock = std::fs::read_to_string(cache.parent().unwrap().join("slipway.lock")).unwrap();
-    assert!(lock.contains("name = \"hello\"") && lock.contains("version = \"2.10-3\""), "{lock}");
+    assert!(
+        lock.contains("name = \"hello\"") && lock.contains("version = \"2.10-3\""),
+        "{lock}"
+    );
 }
 
 #[test]
@@ -268,7 +397,10 @@ fn hash_mismatch_is_refused_and_not_cached() {
     let cache = work.path().join("cache");
     let e = rootfs::build("test", &r.opts(&cache)).err().unwrap();
     let msg = e.to_string();
-    assert!(msg.contains("hello_2.10-3_amd64.deb") && msg.contains("SHA-256"), "{msg}");
+    assert!(
+        msg.contains("hello_2.10-3_amd64.deb") && msg.contains("SHA-256"),
+        "{msg}"
+    );
     assert_cache_consistent(&cache);
 }
 
@@ -277,12 +409,22 @@ fn unknown_and_unsatisfiable_packages() {
     let r = repo();
     let work = tempfile::tempdir().unwrap();
     write_profile(&r.data, &r.keyring(), &["hello", "nope"]);
-    let e = rootfs::build("test", &r.opts(&work.path().join("c1/c"))).err().unwrap();
+    let e = rootfs::build("test", &r.opts(&work.path().join("c1/c")))
+        .err()
+        .unwrap();
     assert_eq!(e.to_string(), "unknown package nope");
     write_profile(&r.data, &r.keyring(), &["broken"]);
-    let e = rootfs::build("test", &r.opts(&work.path().join("c2/c"))).err().unwrap();
-    assert_eq!(e.to_string(), "broken depends on missing (>= 2), which no package in the index satisfies");
-    assert!(r.server.requests(".deb").is_empty(), "nothing is downloaded for an unresolvable set");
+    let e = rootfs::build("test", &r.opts(&work.path().join("c2/c")))
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "broken depends on missing (>= 2), which no package in the index satisfies"
+    );
+    assert!(
+        r.server.requests(".deb").is_empty(),
+        "nothing is downloaded for an unresolvable set"
+    );
 }
 
 #[test]
@@ -293,7 +435,11 @@ fn missing_mirror_is_a_clear_error() {
     opts.mirror = None;
     let e = rootfs::build("test", &opts).err().unwrap();
     assert!(matches!(e, RootfsError::NoMirror), "{e}");
-    assert!(e.to_string().contains("set `mirror` in the profile or pass --mirror"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("set `mirror` in the profile or pass --mirror"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -315,14 +461,23 @@ fn tampered_or_truncated_cache_is_refetched() {
     std::fs::write(&lib, &b[..b.len() / 2]).unwrap();
     let again = build_tar(&r, &cache, &work.path().join("b.tar"));
     assert_eq!(good, again);
-    assert_eq!(r.server.requests("hello_").len(), before + 1, "the tampered blob was fetched again");
+    assert_eq!(
+        r.server.requests("hello_").len(),
+        before + 1,
+        "the tampered blob was fetched again"
+    );
     assert_cache_consistent(&cache);
     // An interrupted download resumes with a Range request.
     std::fs::remove_file(&lib).unwrap();
     std::fs::create_dir_all(cache.join("partial")).unwrap();
     std::fs::write(cache.join("partial").join(&libfoo_sha), &b[..b.len() / 2]).unwrap();
     build_tar(&r, &cache, &work.path().join("c.tar"));
-    let ranged: Vec<String> = r.server.requests("libfoo_").into_iter().filter(|l| l.contains("range=")).collect();
+    let ranged: Vec<String> = r
+        .server
+        .requests("libfoo_")
+        .into_iter()
+        .filter(|l| l.contains("range="))
+        .collect();
     assert_eq!(ranged.len(), 1, "{:?}", r.server.requests("libfoo_"));
     assert_cache_consistent(&cache);
 }

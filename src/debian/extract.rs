@@ -32,6 +32,45 @@ fn decompress<'a>(name: &str, bytes: &'a [u8]) -> Result<Box<dyn Read + 'a>, Str
     })
 }
 
+/// Reads only a .deb's control paragraph (for building an index of local packages).
+pub fn control_of(origin: &str, deb: &[u8]) -> Result<Paragraph, String> {
+    let mut ar = ar::Archive::new(deb);
+    while let Some(m) = ar.next_entry() {
+        let mut m = m.map_err(|e| format!("{origin}: not a .deb (ar): {e}"))?;
+        let name = String::from_utf8_lossy(m.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        if !name.starts_with("control.tar") {
+            continue;
+        }
+        let mut buf = Vec::new();
+        m.read_to_end(&mut buf)
+            .map_err(|e| format!("{origin}: {e}"))?;
+        let mut tar =
+            tar::Archive::new(decompress(&name, &buf).map_err(|e| format!("{origin}: {e}"))?);
+        for e in tar.entries().map_err(|e| format!("{origin}: {e}"))? {
+            let mut e = e.map_err(|e| format!("{origin}: control.tar: {e}"))?;
+            let path = e
+                .path()
+                .map_err(|e| format!("{origin}: {e}"))?
+                .to_string_lossy()
+                .into_owned();
+            if path.trim_start_matches("./") == "control" {
+                let mut text = String::new();
+                e.read_to_string(&mut text)
+                    .map_err(|e| format!("{origin}: {e}"))?;
+                let paras = control::parse(&text)
+                    .map_err(|l| format!("{origin}: control: line {l} malformed"))?;
+                return paras
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| format!("{origin}: empty control file"));
+            }
+        }
+    }
+    Err(format!("{origin}: no control file"))
+}
+
 /// Unpacks `deb` into `tree`. `origin` names the package in errors.
 pub fn unpack(origin: &str, deb: &[u8], tree: &mut Tree) -> Result<Unpacked, String> {
     let err = |e: String| format!("{origin}: {e}");

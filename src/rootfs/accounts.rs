@@ -112,6 +112,36 @@ impl Accounts {
             .ok_or_else(|| "no free system ID left".to_string())
     }
 
+    /// A system group as `addgroup --system` makes it: the lowest free GID from 100.
+    pub fn adduser_group(&mut self, name: &str) -> Result<u32, String> {
+        if let Some(g) = self.group(name) {
+            return Ok(g.gid);
+        }
+        let gid = (DYNAMIC_MIN..=DYNAMIC_MAX)
+            .find(|id| !self.groups.iter().any(|g| g.gid == *id))
+            .ok_or("no free system GID left")?;
+        self.add_group(name, Some(gid))
+    }
+
+    /// A system user with a group of its own as `adduser --system --group` makes it: the
+    /// lowest free UID and GID from 100, chosen independently.
+    pub fn adduser_user(
+        &mut self,
+        name: &str,
+        gecos: &str,
+        home: &str,
+        shell: &str,
+    ) -> Result<(), String> {
+        if self.user(name).is_some() {
+            return Ok(());
+        }
+        let uid = (DYNAMIC_MIN..=DYNAMIC_MAX)
+            .find(|id| !self.users.iter().any(|u| u.uid == *id))
+            .ok_or("no free system UID left")?;
+        self.adduser_group(name)?;
+        self.add_user(name, Some(uid), Some(name), gecos, home, shell)
+    }
+
     pub fn add_group(&mut self, name: &str, gid: Option<u32>) -> Result<u32, String> {
         if let Some(g) = self.group(name) {
             return Ok(g.gid);

@@ -29,6 +29,8 @@ pub struct Rules {
     pub copies: Vec<[String; 2]>,
     #[serde(default)]
     pub links: Vec<[String; 3]>,
+    #[serde(default)]
+    pub directories: Vec<[String; 2]>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +215,11 @@ pub fn configure(
         if let Some(bytes) = tree.read(rel(from)).map(<[u8]>::to_vec) {
             tree.insert(rel(to), Entry::file(bytes, 0o644));
         }
+    }
+    for [path, mode] in &rules.directories {
+        let m =
+            u32::from_str_radix(mode, 8).map_err(|_| format!("directory {path}: mode {mode}"))?;
+        tree.insert(rel(path), Entry::dir(m));
     }
     for [path, target, package] in &rules.links {
         if installed.contains(package.as_str()) {

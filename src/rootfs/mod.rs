@@ -197,7 +197,11 @@ pub struct Rootfs {
 /// The locked package set of a profile, resolving (and writing the lock) when the entry
 /// is missing or stale and `opts.locked` allows it. Returns the entry and whether the lock
 /// file was written.
-fn locked_profile(profile: &ImageProfile, opts: &Options, cache: &Cache) -> Result<(LockedProfile, bool), RootfsError> {
+fn locked_profile(
+    profile: &ImageProfile,
+    opts: &Options,
+    cache: &Cache,
+) -> Result<(LockedProfile, bool), RootfsError> {
     let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
     if let Some(l) = lock.fresh(profile) {
         return Ok((l.clone(), false));
@@ -216,7 +220,12 @@ fn locked_profile(profile: &ImageProfile, opts: &Options, cache: &Cache) -> Resu
 
 /// Downloads (or verifies in the cache) every package of the locked set. The mirror is
 /// needed only for what is missing.
-fn fetch_locked(profile: &ImageProfile, locked: &LockedProfile, opts: &Options, cache: &Cache) -> Result<Vec<PathBuf>, RootfsError> {
+fn fetch_locked(
+    profile: &ImageProfile,
+    locked: &LockedProfile,
+    opts: &Options,
+    cache: &Cache,
+) -> Result<Vec<PathBuf>, RootfsError> {
     let mirror_for_urls = mirror(profile, opts).unwrap_or_default();
     let wants: Vec<Want> = locked
         .packages

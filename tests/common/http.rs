@@ -32,11 +32,21 @@ impl Server {
 
     /// Requests whose path contains `needle`.
     pub fn requests(&self, needle: &str) -> Vec<String> {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 }
 
-fn handle(stream: TcpStream, root: &std::path::Path, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn handle(
+    stream: TcpStream,
+    root: &std::path::Path,
+    log: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     loop {
         let mut line = String::new();
@@ -56,7 +66,12 @@ fn handle(stream: TcpStream, root: &std::path::Path, log: &Mutex<Vec<String>>) -
                 range_start = v.trim().trim_end_matches('-').parse::<usize>().ok();
             }
         }
-        log.lock().unwrap().push(format!("{path}{}", range_start.map(|r| format!(" range={r}")).unwrap_or_default()));
+        log.lock().unwrap().push(format!(
+            "{path}{}",
+            range_start
+                .map(|r| format!(" range={r}"))
+                .unwrap_or_default()
+        ));
         let file = root.join(path.trim_start_matches('/'));
         let mut out = stream.try_clone()?;
         match std::fs::File::open(&file).and_then(|mut f| {
@@ -69,7 +84,11 @@ fn handle(stream: TcpStream, root: &std::path::Path, log: &Mutex<Vec<String>>) -
                     Some(s) if s <= body.len() => ("206 Partial Content", body[s..].to_vec()),
                     _ => ("200 OK", body),
                 };
-                write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len())?;
+                write!(
+                    out,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )?;
                 out.write_all(&body)?;
             }
             Err(_) => {
