@@ -41,7 +41,7 @@ test-fixtures: build
 unit-test: deps
 	$(CARGO) test --locked --all-targets
 
-bench: deps
+bench: deps test-fixtures
 	$(CARGO) bench --locked
 
 clean:

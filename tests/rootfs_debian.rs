@@ -368,30 +368,10 @@ fn matches_mmdebstrap_apart_from_explained_paths() {
     let ours_dir = work.path().join("ours");
     extract(&tar, &ours_dir);
 
-    // A repository of exactly the locked packages, on the local disk, unsigned (the
-    // signatures were checked when they were fetched).
+    // A repository of exactly the locked packages, on the local disk.
     let repo = work.path().join("repo");
-    let index_dir = repo.join("dists/trixie/main/binary-amd64");
-    std::fs::create_dir_all(&index_dir).unwrap();
-    let mut index = String::new();
-    for p in &r.locked.packages {
-        let blob = o.cache.join("sha256").join(&p.sha256);
-        let name = p.filename.rsplit('/').next().unwrap();
-        std::fs::copy(&blob, repo.join(name)).unwrap();
-        let bytes = std::fs::read(&blob).unwrap();
-        let mut para = slipway::debian::extract::control_of(name, &bytes).unwrap();
-        para.fields.push(("Filename".into(), name.to_string()));
-        para.fields.push(("Size".into(), p.size.to_string()));
-        para.fields.push(("SHA256".into(), p.sha256.clone()));
-        index.push_str(&para.to_text());
-        index.push('\n');
-    }
-    std::fs::write(index_dir.join("Packages"), index).unwrap();
-    std::fs::write(
-        repo.join("dists/trixie/Release"),
-        "Origin: Debian\nLabel: Debian\nSuite: stable\nCodename: trixie\nArchitectures: amd64\nComponents: main\n",
-    )
-    .unwrap();
+    slipway::debian::localrepo::write(&repo, "trixie", "amd64", &r.locked.packages, &o.cache)
+        .unwrap();
     let theirs_dir = work.path().join("theirs");
     // The same profile packages and the same Priority: required set; Recommends off, as
     // both tools do by default.

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod extract;
 pub mod fetch;
+pub mod localrepo;
 pub mod lock;
 pub mod packages;
 pub mod relation;
