@@ -28,6 +28,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Streams into `path` atomically: `fill` writes to a buffered temporary file beside it,
+/// which is fsynced and renamed into place only if `fill` succeeds.
+pub fn write_atomic_with<T>(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<T>,
+) -> io::Result<T> {
+    let tmp = temp_name(path);
+    let result = (|| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        let v = fill(&mut w)?;
+        let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        Ok(v)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Writes a new file inside a staging tree that is renamed into place whole; no fsync.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()

@@ -71,8 +71,18 @@ pub fn control_of(origin: &str, deb: &[u8]) -> Result<Paragraph, String> {
     Err(format!("{origin}: no control file"))
 }
 
-/// Unpacks `deb` into `tree`. `origin` names the package in errors.
-pub fn unpack(origin: &str, deb: &[u8], tree: &mut Tree) -> Result<Unpacked, String> {
+/// A .deb read into memory: control information and data entries in archive order.
+/// Reading is independent per package (and runs in parallel); laying the entries into a
+/// tree ([`Deb::apply`]) is done in install order.
+#[derive(Debug)]
+pub struct Deb {
+    pub control: Paragraph,
+    pub control_files: BTreeMap<String, Vec<u8>>,
+    entries: Vec<(String, Entry)>,
+}
+
+/// Reads `deb`. `origin` names the package in errors.
+pub fn read(origin: &str, deb: &[u8]) -> Result<Deb, String> {
     let err = |e: String| format!("{origin}: {e}");
     let mut ar = ar::Archive::new(deb);
     let mut control_tar = None;
@@ -120,7 +130,7 @@ pub fn unpack(origin: &str, deb: &[u8], tree: &mut Tree) -> Result<Unpacked, Str
     }
     let control = control_para.ok_or_else(|| err("control.tar has no control file".into()))?;
 
-    let mut paths = Vec::new();
+    let mut entries = Vec::new();
     let mut tar = tar::Archive::new(decompress(&dname, &dbytes).map_err(err)?);
     for e in tar.entries().map_err(|e| err(e.to_string()))? {
         let mut e = e.map_err(|e| err(format!("data.tar: {e}")))?;
@@ -154,28 +164,50 @@ pub fn unpack(origin: &str, deb: &[u8], tree: &mut Tree) -> Result<Unpacked, Str
                     .ok_or_else(|| err(format!("{raw}: hard link without target")))?;
                 let t = crate::fs::normalize(&t.to_string_lossy())
                     .ok_or_else(|| err(format!("{raw}: bad hard link target")))?;
-                Kind::Hardlink(tree.canonical(&t))
+                Kind::Hardlink(t)
             }
             other => return Err(err(format!("{raw}: unsupported tar entry type {other:?}"))),
         };
-        let listed = match crate::fs::normalize(&raw) {
-            Some(p) => format!("/{p}"),
-            None => "/.".to_string(),
-        };
-        paths.push(listed);
-        tree.insert(
-            &raw,
+        entries.push((
+            raw,
             Entry {
                 kind,
                 mode,
                 uid,
                 gid,
             },
-        );
+        ));
     }
-    Ok(Unpacked {
+    Ok(Deb {
         control,
         control_files,
-        paths,
+        entries,
     })
+}
+
+impl Deb {
+    /// Lays the package's entries into `tree` (later packages replace earlier files).
+    pub fn apply(self, tree: &mut Tree) -> Unpacked {
+        let mut paths = Vec::with_capacity(self.entries.len());
+        for (raw, mut entry) in self.entries {
+            if let Kind::Hardlink(t) = &entry.kind {
+                entry.kind = Kind::Hardlink(tree.canonical(t));
+            }
+            paths.push(match crate::fs::normalize(&raw) {
+                Some(p) => format!("/{p}"),
+                None => "/.".to_string(),
+            });
+            tree.insert(&raw, entry);
+        }
+        Unpacked {
+            control: self.control,
+            control_files: self.control_files,
+            paths,
+        }
+    }
+}
+
+/// Unpacks `deb` into `tree`. `origin` names the package in errors.
+pub fn unpack(origin: &str, deb: &[u8], tree: &mut Tree) -> Result<Unpacked, String> {
+    Ok(read(origin, deb)?.apply(tree))
 }

@@ -265,14 +265,10 @@ pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> 
     // 2. packages into the cache
     let blobs = fetch_locked(&profile, &locked, opts, &cache)?;
 
-    // 3. unpack, in name order
+    // 3. unpack: read and decompress in parallel, lay into the tree in name order
+    let debs = read_debs(&locked.packages, &blobs)?;
     let mut tree = Tree::new_merged_usr();
-    let mut unpacked = Vec::new();
-    for (p, blob) in locked.packages.iter().zip(&blobs) {
-        let bytes = std::fs::read(blob)
-            .map_err(|e| RootfsError::Unpack(format!("{}: {e}", blob.display())))?;
-        unpacked.push(extract::unpack(&p.name, &bytes, &mut tree).map_err(RootfsError::Unpack)?);
-    }
+    let unpacked: Vec<_> = debs.into_iter().map(|d| d.apply(&mut tree)).collect();
 
     // 4. what the maintainer scripts would have done
     let rules_path = opts.data.root.join("profiles/debian/maintscripts.toml");
@@ -305,6 +301,45 @@ pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> 
         locked,
         lock_updated,
     })
+}
+
+/// Reads every .deb on a few threads (xz decompression dominates), keeping their order.
+fn read_debs(
+    packages: &[LockedPackage],
+    blobs: &[PathBuf],
+) -> Result<Vec<extract::Deb>, RootfsError> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Biggest first, so the kernel does not start last.
+    let mut order: Vec<usize> = (0..packages.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(packages[i].size));
+    let queue = std::sync::Mutex::new(order.into_iter());
+    let mut slots: Vec<Option<Result<extract::Deb, String>>> =
+        (0..packages.len()).map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut slots);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let Some(i) = queue.lock().ok().and_then(|mut q| q.next()) else {
+                        return;
+                    };
+                    let r = std::fs::read(&blobs[i])
+                        .map_err(|e| format!("{}: {e}", blobs[i].display()))
+                        .and_then(|bytes| extract::read(&packages[i].name, &bytes));
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| Err("a reader thread stopped".into()))
+                .map_err(RootfsError::Unpack)
+        })
+        .collect()
 }
 
 /// Copies the plain files of an overlay tree into the image tree (0644, or 0755 where
@@ -350,10 +385,29 @@ fn lay_overlay(tree: &mut Tree, dir: &Path) -> Result<(), RootfsError> {
 /// (`out` with `.spdx.json`). Returns the tar's SHA-256.
 pub fn write_outputs(r: &Rootfs, out: &Path, source_date_epoch: u64) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
-    let mut bytes = Vec::new();
-    bytes = crate::image::tar::write(&r.tree, source_date_epoch, bytes)?;
-    let sha = hex::encode(Sha256::digest(&bytes));
-    crate::fsutil::write_atomic(out, &bytes, 0o644)?;
+    /// Hashes what passes through on its way to the file.
+    struct Hashing<'a> {
+        inner: &'a mut dyn std::io::Write,
+        hash: Sha256,
+    }
+    impl std::io::Write for Hashing<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hash.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let sha = crate::fsutil::write_atomic_with(out, 0o644, |w| {
+        let h = Hashing {
+            inner: w,
+            hash: Sha256::new(),
+        };
+        let h = crate::image::tar::write(&r.tree, source_date_epoch, h)?;
+        Ok(hex::encode(h.hash.finalize()))
+    })?;
     let sbom = sbom::spdx(
         &r.profile.name,
         &r.locked.codename,
