@@ -403,6 +403,19 @@ fn matches_mmdebstrap_apart_from_explained_paths() {
     );
     eprintln!("mmdebstrap took {:.1} s", t.elapsed().as_secs_f64());
 
+    // Every account the maintainer scripts made exists here too, by name.
+    for f in ["etc/passwd", "etc/group"] {
+        let names = |root: &Path| -> Vec<String> {
+            let mut v: Vec<String> = id_names(&root.join(f)).into_values().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(&ours_dir),
+            names(&theirs_dir),
+            "{f}: account names differ"
+        );
+    }
     let ours = scan(&ours_dir);
     let theirs = scan(&theirs_dir);
     let explained: Vec<(regex_lite::Regex, &str)> = EXPLAINED
