@@ -572,8 +572,8 @@ fn failed_render_keeps_previous_output() {
     assert!(slipway::pipeline::render(&bad, &secrets, &common::data(), &out).is_err());
     // 2. a template referencing a missing variable (strict mode)
     let data = tmp.path().join("data");
-    copy_tree(&common::repo().join("overlays"), &data.join("overlays"));
-    copy_tree(&common::repo().join("profiles"), &data.join("profiles"));
+    common::copy_tree(&common::repo().join("overlays"), &data.join("overlays"));
+    common::copy_tree(&common::repo().join("profiles"), &data.join("profiles"));
     std::fs::write(
         data.join("overlays/common/etc/hostname.hbs"),
         "{{node.nmae}}\n",
@@ -596,12 +596,4 @@ fn failed_render_keeps_previous_output() {
         std::fs::read(out.join("nodes/master1/config.ign")).unwrap(),
         ign_before
     );
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for rel in common::walk(from) {
-        let dst = to.join(&rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(from.join(&rel), &dst).unwrap();
-    }
 }

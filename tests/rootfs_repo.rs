@@ -173,7 +173,7 @@ fn repo() -> Repo {
         data.join("profiles/debian/maintscripts.toml"),
     )
     .unwrap();
-    copy_tree(
+    common::copy_tree(
         &common::repo().join("overlays/rootfs"),
         &data.join("overlays/rootfs"),
     );
@@ -202,14 +202,6 @@ fn write_profile(data: &Path, keyring: &Path, packages: &[&str]) {
         ),
     )
     .unwrap();
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for rel in common::walk(from) {
-        let dst = to.join(&rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(from.join(&rel), &dst).unwrap();
-    }
 }
 
 impl Repo {

@@ -239,7 +239,7 @@ fn read(path: &Path) -> Result<String, ProfileError> {
 }
 
 /// Every regular file under `dir`, sorted, so rendering order never depends on readdir.
-fn walk(dir: &Path) -> Result<Vec<PathBuf>, ProfileError> {
+pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, ProfileError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

@@ -346,37 +346,19 @@ fn read_debs(
 /// the source is executable).
 fn lay_overlay(tree: &mut Tree, dir: &Path) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|source| ProfileError::Io {
-            path: d.clone(),
+    for p in crate::profile::walk(dir)? {
+        let io = |source| ProfileError::Io {
+            path: p.clone(),
             source,
-        })?;
-        for e in rd {
-            let p = e
-                .map_err(|source| ProfileError::Io {
-                    path: d.clone(),
-                    source,
-                })?
-                .path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let bytes = std::fs::read(&p).map_err(|source| ProfileError::Io {
-                path: p.clone(),
-                source,
-            })?;
-            let exec = std::fs::metadata(&p)
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false);
-            let rel = p
-                .strip_prefix(dir)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            tree.insert(&rel, Entry::file(bytes, if exec { 0o755 } else { 0o644 }));
-        }
+        };
+        let bytes = std::fs::read(&p).map_err(io)?;
+        let exec = std::fs::metadata(&p).map_err(io)?.permissions().mode() & 0o111 != 0;
+        let rel = p
+            .strip_prefix(dir)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .into_owned();
+        tree.insert(&rel, Entry::file(bytes, if exec { 0o755 } else { 0o644 }));
     }
     Ok(())
 }

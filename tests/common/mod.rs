@@ -93,3 +93,12 @@ pub fn create_private_dir(p: &Path) {
     std::fs::create_dir_all(p).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// Copies every regular file under `from` to the same place under `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for rel in walk(from) {
+        let dst = to.join(&rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&rel), &dst).unwrap();
+    }
+}
