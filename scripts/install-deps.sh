@@ -7,11 +7,13 @@ set -euo pipefail
 #   ignition-validate (ignition), haproxy, keepalived, nft (nftables), openssl,
 #   systemd-analyze (systemd), unshare (util-linux), ip (iproute2); for the root
 #   filesystem: the Debian archive keyring, gpg and dpkg-deb for the test repository,
-#   mmdebstrap as the reference builder, chroot and tar.
+#   mmdebstrap as the reference builder, chroot and tar; veritysetup (cryptsetup-bin)
+#   for the dm-verity writer.
 APT_PACKAGES=(
     ca-certificates gcc pkg-config make
     ignition haproxy keepalived nftables openssl systemd util-linux iproute2
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
+    cryptsetup-bin
 )
 
 missing=()

@@ -2,3 +2,4 @@
 //! bytes) and writes to one `Write`; none touches the network or renames files.
 
 pub mod tar;
+pub mod verity;
