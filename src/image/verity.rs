@@ -54,7 +54,7 @@ fn digest(salt: &[u8], block: &[u8]) -> [u8; DIGEST] {
 
 /// Builds the hash device for `data`, whose length must be a multiple of [`BLOCK`].
 pub fn build(data: &[u8]) -> Result<Verity, String> {
-    if data.is_empty() || data.len() % BLOCK != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(BLOCK) {
         return Err(format!(
             "verity data must be a non-empty multiple of {BLOCK} bytes, not {}",
             data.len()
@@ -115,7 +115,8 @@ pub fn build(data: &[u8]) -> Result<Verity, String> {
     sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
     sb[80..82].copy_from_slice(&(DIGEST as u16).to_le_bytes());
     sb[88..88 + DIGEST].copy_from_slice(&salt);
-    debug_assert!(88 + 256 + 168 == SUPERBLOCK_SIZE);
+    // salt[256] and pad[168] follow: the superblock ends at 512.
+    const { assert!(88 + 256 + 168 == SUPERBLOCK_SIZE) };
 
     let mut hash_device = sb;
     for level in levels.iter().rev() {
