@@ -1,0 +1,190 @@
+//! Disk-image writers judged by independent tools: `fsck.fat` on our ESP, `sgdisk -v`
+//! and `sfdisk --json` on our partition table, `veritysetup verify` on a root and hash
+//! partition read back out of the disk. (Groundwork for `slipway build`.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Cursor;
+use std::process::Command;
+
+use common::{check, stdout};
+use slipway::image::gpt::{self, Part, types};
+use slipway::image::{esp, verity};
+use uuid::Uuid;
+
+fn esp_files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("EFI/BOOT/BOOTX64.EFI".into(), vec![0x4d; 300_000]),
+        ("EFI/Linux/slipway.efi".into(), vec![0x5a; 1000]),
+        (
+            "slipway/config.ign".into(),
+            br#"{"ignition":{"version":"3.3.0"}}"#.to_vec(),
+        ),
+    ]
+}
+
+#[test]
+fn fsck_fat_accepts_our_esp_and_lists_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = esp::build(esp::MIN_SIZE, "ESP", &esp_files()).unwrap();
+    assert_eq!(
+        img,
+        esp::build(esp::MIN_SIZE, "ESP", &esp_files()).unwrap(),
+        "not reproducible"
+    );
+    let p = dir.path().join("esp.img");
+    std::fs::write(&p, &img).unwrap();
+    let o = check(Command::new("fsck.fat").args(["-n", "-v", "-l"]).arg(&p));
+    let out = stdout(&o);
+    assert!(out.contains("2 FATs, 32 bit entries"), "not FAT32: {out}");
+    for f in [
+        "/EFI/BOOT/BOOTX64.EFI",
+        "/EFI/Linux/slipway.efi",
+        "/slipway/config.ign",
+    ] {
+        assert!(
+            out.to_ascii_uppercase().contains(&f.to_ascii_uppercase()),
+            "{f} missing:\n{out}"
+        );
+    }
+    // Read back through an independent reader: mtools' mcopy.
+    for (path, bytes) in esp_files() {
+        let dst = dir.path().join("copy");
+        let _ = std::fs::remove_file(&dst);
+        check(
+            Command::new("mcopy")
+                .arg("-n")
+                .arg("-i")
+                .arg(&p)
+                .arg(format!("::/{path}"))
+                .arg(&dst),
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), bytes, "{path}");
+    }
+}
+
+#[test]
+fn sgdisk_verifies_our_table_and_verity_survives_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp_img = esp::build(esp::MIN_SIZE, "ESP", &esp_files()).unwrap();
+    let root: Vec<u8> = (0..4096 * 2000).map(|i| (i * 7 % 251) as u8).collect();
+    let v = verity::build(&root).unwrap();
+    // systemd's convention: the root partition's UUID is the first half of the root hash,
+    // the verity partition's the second.
+    let root_uuid = Uuid::from_slice(&v.root_hash[..16]).unwrap();
+    let verity_uuid = Uuid::from_slice(&v.root_hash[16..]).unwrap();
+    let parts = [
+        Part {
+            name: "esp",
+            type_guid: types::ESP,
+            uuid: Uuid::from_u128(1),
+            size: esp_img.len() as u64,
+            contents: Some(&esp_img),
+            attributes: 0,
+        },
+        Part {
+            name: "root-a",
+            type_guid: types::ROOT_X86_64,
+            uuid: root_uuid,
+            size: root.len() as u64,
+            contents: Some(&root),
+            attributes: 1 << 60,
+        },
+        Part {
+            name: "root-a-verity",
+            type_guid: types::ROOT_VERITY_X86_64,
+            uuid: verity_uuid,
+            size: v.hash_device.len() as u64,
+            contents: Some(&v.hash_device),
+            attributes: 1 << 60,
+        },
+        Part {
+            name: "root-b",
+            type_guid: types::ROOT_X86_64,
+            uuid: Uuid::from_u128(4),
+            size: root.len() as u64,
+            contents: None,
+            attributes: 0,
+        },
+        Part {
+            name: "root-b-verity",
+            type_guid: types::ROOT_VERITY_X86_64,
+            uuid: Uuid::from_u128(5),
+            size: v.hash_device.len() as u64,
+            contents: None,
+            attributes: 0,
+        },
+    ];
+    let size = gpt::disk_size(&parts);
+    let (dev, placed) = gpt::write(
+        Cursor::new(vec![0u8; size as usize]),
+        size,
+        Uuid::from_u128(99),
+        &parts,
+    )
+    .unwrap();
+    let disk = dev.into_inner();
+    let (dev2, _) = gpt::write(
+        Cursor::new(vec![0u8; size as usize]),
+        size,
+        Uuid::from_u128(99),
+        &parts,
+    )
+    .unwrap();
+    assert!(
+        disk == dev2.into_inner(),
+        "the same inputs gave different disks"
+    );
+    let p = dir.path().join("disk.raw");
+    std::fs::write(&p, &disk).unwrap();
+
+    let o = check(Command::new("sgdisk").arg("-v").arg(&p));
+    assert!(stdout(&o).contains("No problems found"), "{}", stdout(&o));
+    let table: serde_json::Value = serde_json::from_str(&stdout(&check(
+        Command::new("sfdisk").arg("--json").arg(&p),
+    )))
+    .unwrap();
+    let pt = &table["partitiontable"];
+    assert_eq!(pt["label"], "gpt");
+    assert_eq!(
+        pt["id"].as_str().unwrap().to_ascii_lowercase(),
+        Uuid::from_u128(99).to_string()
+    );
+    let listed = pt["partitions"].as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    for (l, (want, at)) in listed.iter().zip(parts.iter().zip(&placed)) {
+        assert_eq!(l["type"].as_str().unwrap(), want.type_guid, "{l}");
+        assert_eq!(
+            l["uuid"].as_str().unwrap().to_ascii_lowercase(),
+            want.uuid.to_string(),
+            "{l}"
+        );
+        assert_eq!(l["name"].as_str().unwrap(), want.name);
+        assert_eq!(l["start"].as_u64().unwrap(), at.first_lba);
+        assert_eq!(
+            at.first_lba * gpt::SECTOR % gpt::ALIGN,
+            0,
+            "{} is not 1 MiB aligned",
+            want.name
+        );
+    }
+    // The ESP and the verity pair, cut back out of the disk, still check.
+    let cut = |i: usize, len: usize| {
+        let start = (placed[i].first_lba * gpt::SECTOR) as usize;
+        disk[start..start + len].to_vec()
+    };
+    let esp_p = dir.path().join("esp.img");
+    std::fs::write(&esp_p, cut(0, esp_img.len())).unwrap();
+    check(Command::new("fsck.fat").arg("-n").arg(&esp_p));
+    let (rp, hp) = (dir.path().join("root"), dir.path().join("hash"));
+    std::fs::write(&rp, cut(1, root.len())).unwrap();
+    std::fs::write(&hp, cut(2, v.hash_device.len())).unwrap();
+    check(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(&rp)
+            .arg(&hp)
+            .arg(v.root_hash_hex()),
+    );
+}
