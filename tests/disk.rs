@@ -188,3 +188,51 @@ fn sgdisk_verifies_our_table_and_verity_survives_the_disk() {
             .arg(v.root_hash_hex()),
     );
 }
+
+/// Our initramfs archives read back by GNU cpio, with modes, links and contents.
+#[test]
+fn cpio_reads_our_newc_archives() {
+    use slipway::fs::{Entry, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::default();
+    t.insert("init", Entry::file(b"#!/bin/sh\necho hi\n".to_vec(), 0o755));
+    t.insert(
+        "usr/lib/modules/6.12/kernel/drivers/virtio_blk.ko",
+        Entry::file(vec![7u8; 12345], 0o644),
+    );
+    t.insert("bin", Entry::symlink("usr/bin"));
+    t.insert("dev", Entry::dir(0o755));
+    let bytes = slipway::image::cpio::write(&t, 1_700_000_000, Vec::new()).unwrap();
+    let a = dir.path().join("initrd.cpio");
+    std::fs::write(&a, &bytes).unwrap();
+    let list = stdout(&check(
+        Command::new("cpio")
+            .args(["-t", "-v", "--quiet", "-F"])
+            .arg(&a),
+    ));
+    for want in [
+        "-rwxr-xr-x",
+        "init",
+        "bin -> usr/bin",
+        "virtio_blk.ko",
+        "drwxr-xr-x",
+    ] {
+        assert!(list.contains(want), "{want} missing:\n{list}");
+    }
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    check(
+        Command::new("cpio")
+            .args(["-i", "-d", "--quiet", "-F"])
+            .arg(&a)
+            .current_dir(&x),
+    );
+    assert_eq!(
+        std::fs::read(x.join("usr/lib/modules/6.12/kernel/drivers/virtio_blk.ko")).unwrap(),
+        vec![7u8; 12345]
+    );
+    assert_eq!(
+        std::fs::read_link(x.join("bin")).unwrap().to_string_lossy(),
+        "usr/bin"
+    );
+}

@@ -1,6 +1,7 @@
 //! Writers: pure byte producers over an image tree. Each takes a [`crate::fs::Tree`] (or
 //! bytes) and writes to one `Write`; none touches the network or renames files.
 
+pub mod cpio;
 pub mod esp;
 pub mod gpt;
 pub mod tar;
