@@ -61,21 +61,25 @@ pub fn write<W: Write>(tree: &Tree, mtime: u64, mut w: W) -> io::Result<W> {
             Kind::Symlink(t) => (S_IFLNK, t.as_bytes()),
             Kind::Hardlink(t) => (S_IFREG, tree.read(t).unwrap_or_default()),
         };
-        let nlink = if kind == S_IFDIR { 2 } else { 1 };
-        entry(
-            &mut w,
+        let h = Header {
             ino,
-            kind | e.mode,
-            e.uid,
-            e.gid,
-            nlink,
+            mode: kind | e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            nlink: if kind == S_IFDIR { 2 } else { 1 },
             mtime,
-            path,
-            data,
-        )?;
-        ino += 1;
+        };
+        entry(&mut w, &h, path, data)?;
     }
-    entry(&mut w, 0, 0, 0, 0, 1, 0, "TRAILER!!!", &[])?;
+    let trailer = Header {
+        ino: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: 0,
+    };
+    entry(&mut w, &trailer, "TRAILER!!!", &[])?;
     Ok(w)
 }
 
