@@ -236,3 +236,81 @@ fn cpio_reads_our_newc_archives() {
         "usr/bin"
     );
 }
+
+/// Our squashfs read back by unsquashfs: modes, owners, links and contents, and the same
+/// bytes from the same tree.
+#[test]
+fn unsquashfs_reads_our_root_image() {
+    use slipway::fs::{Entry, Kind, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::new_merged_usr();
+    t.insert(
+        "usr/bin/tool",
+        Entry::file(b"#!/bin/sh\nexit 0\n".to_vec(), 0o755),
+    );
+    t.insert(
+        "usr/bin/big",
+        Entry::file(
+            (0..300_000u32).map(|i| (i % 253) as u8).collect::<Vec<_>>(),
+            0o644,
+        ),
+    );
+    t.insert(
+        "usr/bin/same",
+        Entry {
+            kind: Kind::Hardlink("usr/bin/big".into()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    t.insert(
+        "usr/lib/helper",
+        Entry {
+            kind: Kind::File(std::sync::Arc::new(vec![1, 2, 3])),
+            mode: 0o4754,
+            uid: 0,
+            gid: 996,
+        },
+    );
+    t.insert("etc/alternatives/awk", Entry::symlink("/usr/bin/mawk"));
+    t.insert("var/lib/etcd", Entry::dir(0o700));
+    let img = |t: &Tree| {
+        let mut c = Cursor::new(Vec::new());
+        slipway::image::squashfs::write(t, 1_700_000_000, &mut c).unwrap();
+        c.into_inner()
+    };
+    let bytes = img(&t);
+    assert!(bytes == img(&t), "the same tree gave different images");
+    let p = dir.path().join("root.sqfs");
+    std::fs::write(&p, &bytes).unwrap();
+    let list = stdout(&check(
+        Command::new("unsquashfs").args(["-lln", "-d", ""]).arg(&p),
+    ));
+    for want in [
+        "-rwxr-xr-x 0/0",
+        "/usr/bin/tool",
+        "-rwsr-xr-- 0/996",
+        "/usr/lib/helper",
+        "/etc/alternatives/awk -> /usr/bin/mawk",
+        "/bin -> usr/bin",
+        "drwx------ 0/0",
+        "2023-11-14",
+    ] {
+        assert!(list.contains(want), "{want} missing:\n{list}");
+    }
+    let x = dir.path().join("x");
+    check(
+        Command::new("unsquashfs")
+            .arg("-q")
+            .arg("-d")
+            .arg(&x)
+            .arg(&p),
+    );
+    assert_eq!(
+        std::fs::read(x.join("usr/bin/same")).unwrap(),
+        std::fs::read(x.join("usr/bin/big")).unwrap()
+    );
+    let sb = stdout(&check(Command::new("unsquashfs").arg("-s").arg(&p)));
+    assert!(sb.contains("Compression zstd"), "{sb}");
+}

@@ -4,5 +4,6 @@
 pub mod cpio;
 pub mod esp;
 pub mod gpt;
+pub mod squashfs;
 pub mod tar;
 pub mod verity;
