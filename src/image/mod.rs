@@ -6,4 +6,5 @@ pub mod esp;
 pub mod gpt;
 pub mod squashfs;
 pub mod tar;
+pub mod uki;
 pub mod verity;

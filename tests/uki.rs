@@ -1,0 +1,81 @@
+//! A unified kernel image from the image's own systemd-stub and kernel, judged by
+//! binutils: `objdump -h` lists the sections, `objcopy --dump-section` reads each back.
+//! Uses the Debian packages `make test-fixtures` cached; offline. (Groundwork for issue 4.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{check, stdout};
+use slipway::rootfs::{self, Options};
+
+fn fixture(var: &str) -> PathBuf {
+    PathBuf::from(
+        std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run `make test`")),
+    )
+}
+
+#[test]
+fn objdump_sees_our_uki_sections_and_objcopy_reads_them_back() {
+    let o = Options {
+        data: common::data(),
+        cache: fixture("SLIPWAY_TEST_CACHE"),
+        lock_path: fixture("SLIPWAY_TEST_LOCK"),
+        mirror: Some("http://127.0.0.1:9".into()),
+        host_root: PathBuf::from("/nonexistent"),
+        locked: true,
+        source_date_epoch: 1_764_000_000,
+    };
+    let r = rootfs::build("control-plane", &o).unwrap();
+    let stub = r
+        .tree
+        .read("usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+        .expect("systemd-boot-efi's stub")
+        .to_vec();
+    let kernel_path = r
+        .tree
+        .children("boot")
+        .into_iter()
+        .find(|p| p.contains("vmlinuz-"))
+        .expect("a kernel")
+        .to_string();
+    let kernel = r.tree.read(&kernel_path).unwrap().to_vec();
+    let uname = kernel_path.trim_start_matches("boot/vmlinuz-").to_string();
+    let osrel = r.tree.read("usr/lib/os-release").unwrap().to_vec();
+    let cmdline = b"console=tty0 console=ttyS0,115200 ro".to_vec();
+    let initrd = vec![0x42u8; 123_457];
+    let secs = slipway::image::uki::sections(&osrel, &cmdline, uname.as_bytes(), &initrd, &kernel);
+    let uki = slipway::image::uki::assemble(&stub, &secs).unwrap();
+    assert_eq!(uki, slipway::image::uki::assemble(&stub, &secs).unwrap());
+    assert!(
+        slipway::image::uki::assemble(&uki, &secs).is_err(),
+        "sections cannot be added twice"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("uki.efi");
+    std::fs::write(&p, &uki).unwrap();
+    let h = stdout(&check(Command::new("objdump").arg("-h").arg(&p)));
+    assert!(h.contains("file format pei-x86-64"), "{h}");
+    for (name, data) in &secs {
+        let line = h
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{h}"));
+        let size = usize::from_str_radix(line.split_whitespace().nth(2).unwrap(), 16).unwrap();
+        assert!(size >= data.len(), "{name}: {line}");
+        let out = dir.path().join(name.trim_start_matches('.'));
+        check(
+            Command::new("objcopy")
+                .arg(format!("--dump-section={name}={}", out.display()))
+                .arg(&p)
+                .arg(dir.path().join("scratch.efi")),
+        );
+        let back = std::fs::read(&out).unwrap();
+        assert_eq!(&back[..data.len()], *data, "{name} read back differs");
+    }
+    // The stub's own sections are still there.
+    assert!(h.contains(".text") && h.contains(".sbat"), "{h}");
+}
