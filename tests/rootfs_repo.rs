@@ -417,6 +417,8 @@ fn unknown_and_unsatisfiable_packages() {
         r.server.requests(".deb").is_empty(),
         "nothing is downloaded for an unresolvable set"
     );
+    assert_cache_consistent(&work.path().join("c1/c"));
+    assert_cache_consistent(&work.path().join("c2/c"));
 }
 
 #[test]
@@ -432,6 +434,7 @@ fn missing_mirror_is_a_clear_error() {
             .contains("set `mirror` in the profile or pass --mirror"),
         "{e}"
     );
+    assert_cache_consistent(&work.path().join("cache"));
 }
 
 #[test]
