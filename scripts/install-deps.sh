@@ -13,7 +13,7 @@ APT_PACKAGES=(
     ca-certificates gcc pkg-config make
     ignition haproxy keepalived nftables openssl systemd util-linux iproute2
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
-    cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils
+    cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
 )
 
 missing=()

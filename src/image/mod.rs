@@ -4,6 +4,7 @@
 pub mod cpio;
 pub mod esp;
 pub mod gpt;
+pub mod modules;
 pub mod squashfs;
 pub mod tar;
 pub mod uki;
