@@ -6,18 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::check;
 use slipway::image::modules::Modules;
-use slipway::rootfs::{self, Options};
-
-fn fixture(var: &str) -> PathBuf {
-    PathBuf::from(
-        std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run `make test`")),
-    )
-}
+use slipway::rootfs;
 
 /// The modules a node's initramfs needs to find its root: virtio and NVMe, SATA, USB
 /// sticks, squashfs, dm-verity, overlayfs and ext4.
@@ -39,15 +32,7 @@ const BOOT: &[&str] = &[
 
 #[test]
 fn our_closure_matches_depmod() {
-    let o = Options {
-        data: common::data(),
-        cache: fixture("SLIPWAY_TEST_CACHE"),
-        lock_path: fixture("SLIPWAY_TEST_LOCK"),
-        mirror: Some("http://127.0.0.1:9".into()),
-        host_root: PathBuf::from("/nonexistent"),
-        locked: true,
-        source_date_epoch: 1_764_000_000,
-    };
+    let o = common::offline_options();
     let r = rootfs::build("control-plane", &o).unwrap();
     let release = r
         .tree

@@ -17,26 +17,8 @@ use slipway::rootfs::{self, Options};
 
 const SDE: u64 = 1_764_000_000;
 
-fn fixture(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "{var} is not set: run `make test` (its test-fixtures step fetches the Debian packages once)"
-        ),
-    }
-}
-
 fn opts() -> Options {
-    Options {
-        data: common::data(),
-        cache: fixture("SLIPWAY_TEST_CACHE"),
-        lock_path: fixture("SLIPWAY_TEST_LOCK"),
-        // Offline: nothing listens on port 9 of loopback.
-        mirror: Some("http://127.0.0.1:9".into()),
-        host_root: PathBuf::from("/nonexistent"),
-        locked: true,
-        source_date_epoch: SDE,
-    }
+    common::offline_options()
 }
 
 fn build(dir: &Path, name: &str) -> (PathBuf, String) {

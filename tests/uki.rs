@@ -5,29 +5,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{check, stdout};
-use slipway::rootfs::{self, Options};
-
-fn fixture(var: &str) -> PathBuf {
-    PathBuf::from(
-        std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run `make test`")),
-    )
-}
+use slipway::rootfs;
 
 #[test]
 fn objdump_sees_our_uki_sections_and_objcopy_reads_them_back() {
-    let o = Options {
-        data: common::data(),
-        cache: fixture("SLIPWAY_TEST_CACHE"),
-        lock_path: fixture("SLIPWAY_TEST_LOCK"),
-        mirror: Some("http://127.0.0.1:9".into()),
-        host_root: PathBuf::from("/nonexistent"),
-        locked: true,
-        source_date_epoch: 1_764_000_000,
-    };
+    let o = common::offline_options();
     let r = rootfs::build("control-plane", &o).unwrap();
     let stub = r
         .tree

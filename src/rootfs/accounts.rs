@@ -51,47 +51,21 @@ impl Accounts {
     /// Reads base-passwd's masters from the tree.
     pub fn from_base_passwd(tree: &Tree) -> Result<Accounts, String> {
         let mut a = Accounts::default();
-        let passwd = tree
-            .read("usr/share/base-passwd/passwd.master")
-            .ok_or("base-passwd's passwd.master is missing: is base-passwd in the image?")?;
-        for line in String::from_utf8_lossy(passwd)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() != 7 {
-                return Err(format!("passwd.master: malformed line {line:?}"));
-            }
+        for f in master(tree, "passwd.master", 7)? {
             a.users.push(User {
-                name: f[0].into(),
-                uid: f[2]
-                    .parse()
-                    .map_err(|_| format!("passwd.master: uid in {line:?}"))?,
-                gid: f[3]
-                    .parse()
-                    .map_err(|_| format!("passwd.master: gid in {line:?}"))?,
-                gecos: f[4].into(),
-                home: f[5].into(),
-                shell: f[6].into(),
+                uid: id(&f, 2)?,
+                gid: id(&f, 3)?,
+                name: f[0].clone(),
+                gecos: f[4].clone(),
+                home: f[5].clone(),
+                shell: f[6].clone(),
                 password: "*",
             });
         }
-        let group = tree
-            .read("usr/share/base-passwd/group.master")
-            .ok_or("base-passwd's group.master is missing")?;
-        for line in String::from_utf8_lossy(group)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() != 4 {
-                return Err(format!("group.master: malformed line {line:?}"));
-            }
+        for f in master(tree, "group.master", 4)? {
             a.groups.push(Group {
-                name: f[0].into(),
-                gid: f[2]
-                    .parse()
-                    .map_err(|_| format!("group.master: gid in {line:?}"))?,
+                gid: id(&f, 2)?,
+                name: f[0].clone(),
                 members: f[3]
                     .split(',')
                     .filter(|m| !m.is_empty())
@@ -303,6 +277,31 @@ impl Accounts {
         }
         Ok(())
     }
+}
+
+/// The colon-separated lines of one of base-passwd's masters, each with `n` fields.
+fn master(tree: &Tree, name: &str, n: usize) -> Result<Vec<Vec<String>>, String> {
+    let bytes = tree
+        .read(&format!("usr/share/base-passwd/{name}"))
+        .ok_or_else(|| format!("base-passwd's {name} is missing: is base-passwd in the image?"))?;
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let f: Vec<String> = line.split(':').map(str::to_string).collect();
+            if f.len() == n {
+                Ok(f)
+            } else {
+                Err(format!("{name}: malformed line {line:?}"))
+            }
+        })
+        .collect()
+}
+
+/// A numeric field of a master line.
+fn id(f: &[String], i: usize) -> Result<u32, String> {
+    f[i].parse()
+        .map_err(|_| format!("{}: {:?} is not a number", f[0], f[i]))
 }
 
 /// Splits a sysusers.d line on whitespace, honouring double quotes.

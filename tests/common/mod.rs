@@ -102,3 +102,28 @@ pub fn copy_tree(from: &Path, to: &Path) {
         std::fs::copy(from.join(&rel), &dst).unwrap();
     }
 }
+
+/// A path from an environment variable `make test` sets (its test-fixtures step fetches
+/// the Debian packages the root filesystem tests build from).
+pub fn fixture(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "{var} is not set: run `make test` (its test-fixtures step fetches the Debian packages once)"
+        ),
+    }
+}
+
+/// Build options that work offline from the fixtures: locked, and a mirror on a closed
+/// loopback port, so a missing package fails instead of reaching out.
+pub fn offline_options() -> slipway::rootfs::Options {
+    slipway::rootfs::Options {
+        data: data(),
+        cache: fixture("SLIPWAY_TEST_CACHE"),
+        lock_path: fixture("SLIPWAY_TEST_LOCK"),
+        mirror: Some("http://127.0.0.1:9".into()),
+        host_root: PathBuf::from("/nonexistent"),
+        locked: true,
+        source_date_epoch: 1_764_000_000,
+    }
+}
