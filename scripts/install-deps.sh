@@ -8,12 +8,14 @@ set -euo pipefail
 #   systemd-analyze (systemd), unshare (util-linux), ip (iproute2); for the root
 #   filesystem: the Debian archive keyring, gpg and dpkg-deb for the test repository,
 #   mmdebstrap as the reference builder, chroot and tar; veritysetup (cryptsetup-bin)
-#   for the dm-verity writer; sgdisk, sfdisk, fsck.fat and mtools for the disk writers.
+#   for the dm-verity writer; sgdisk, sfdisk, fsck.fat and mtools for the disk writers;
+#   QEMU, OVMF and a static busybox for the firmware boot test.
 APT_PACKAGES=(
     ca-certificates gcc pkg-config make
     ignition haproxy keepalived nftables openssl systemd util-linux iproute2
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
+    qemu-system-x86 ovmf busybox-static
 )
 
 missing=()

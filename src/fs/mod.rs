@@ -88,10 +88,16 @@ impl Tree {
         t
     }
 
-    /// Where `path` lands: a first component that is a merged-/usr link moves below usr/.
+    /// Where `path` lands: below a merged-/usr link (`bin` -> `usr/bin` in this tree) it
+    /// moves into usr/. Trees without those links (an initramfs) keep paths as they are.
     pub fn canonical(&self, path: &str) -> String {
         match path.split_once('/') {
-            Some((first, rest)) if MERGED_USR.contains(&first) => format!("usr/{first}/{rest}"),
+            Some((first, rest))
+                if MERGED_USR.contains(&first)
+                    && matches!(self.entries.get(first), Some(Entry { kind: Kind::Symlink(t), .. }) if *t == format!("usr/{first}")) =>
+            {
+                format!("usr/{first}/{rest}")
+            }
             _ => path.to_string(),
         }
     }
@@ -194,5 +200,13 @@ mod tests {
         assert_eq!(normalize("../x"), None);
         assert_eq!(normalize("./"), None);
         assert_eq!(t.children("etc/a"), ["etc/a/b"]);
+        // Without the links (an initramfs), bin/ stays bin/.
+        let mut plain = Tree::default();
+        assert_eq!(
+            plain
+                .insert("bin/busybox", Entry::file(b"x".to_vec(), 0o755))
+                .as_deref(),
+            Some("bin/busybox")
+        );
     }
 }
