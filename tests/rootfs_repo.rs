@@ -255,6 +255,8 @@ fn builds_reproducibly_from_a_signed_repository() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let a = build_tar(&r, &cache, &work.path().join("a.tar"));
+    // The output directory is created when missing.
+    assert_eq!(build_tar(&r, &cache, &work.path().join("new/dir/x.tar")), a);
     let debs_fetched = r.server.requests(".deb").len();
     assert_eq!(
         debs_fetched,

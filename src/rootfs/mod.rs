@@ -382,6 +382,9 @@ pub fn write_outputs(r: &Rootfs, out: &Path, source_date_epoch: u64) -> std::io:
             self.inner.flush()
         }
     }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
     let sha = crate::fsutil::write_atomic_with(out, 0o644, |w| {
         let h = Hashing {
             inner: w,
