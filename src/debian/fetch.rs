@@ -102,9 +102,11 @@ impl Cache {
     /// Makes sure every blob is cached and verified, downloading what is missing with a
     /// few parallel connections. Returns each blob's path, in the order given.
     pub fn ensure_all(&self, wants: &[Want], label: &str) -> Result<Vec<PathBuf>, FetchError> {
+        // Each missing blob once: two downloads into one partial file would corrupt it.
         let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, w) in wants.iter().enumerate() {
-            if self.verified(w)?.is_none() {
+            if seen.insert(w.sha256.as_str()) && self.verified(w)?.is_none() {
                 missing.push(i);
             }
         }
