@@ -38,8 +38,10 @@ test-fixtures: build
 	target/release/slipway lock --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane
 	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane
 
+# Benchmarks first (built and smoke-run only), so the run ends with the test summary.
 unit-test: deps
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --benches
+	$(CARGO) test --locked --lib --bins --tests
 
 bench: deps test-fixtures
 	$(CARGO) bench --locked
