@@ -76,14 +76,19 @@ impl Accounts {
         Ok(a)
     }
 
-    fn free_id(&self, want_same_gid: bool) -> Result<u32, String> {
-        (DYNAMIC_MIN..=DYNAMIC_MAX)
-            .rev()
-            .find(|id| {
-                !self.users.iter().any(|u| u.uid == *id)
-                    && (!want_same_gid || !self.groups.iter().any(|g| g.gid == *id))
-            })
-            .ok_or_else(|| "no free system ID left".to_string())
+    /// The first system ID, searching downwards from 999 (systemd-sysusers) or upwards from
+    /// 100 (adduser), that no user has as UID (if `uid`) and no group as GID (if `gid`).
+    fn free(&self, downwards: bool, uid: bool, gid: bool, what: &str) -> Result<u32, String> {
+        let free = |id: &u32| {
+            (!uid || !self.users.iter().any(|u| u.uid == *id))
+                && (!gid || !self.groups.iter().any(|g| g.gid == *id))
+        };
+        let found = if downwards {
+            (DYNAMIC_MIN..=DYNAMIC_MAX).rev().find(free)
+        } else {
+            (DYNAMIC_MIN..=DYNAMIC_MAX).find(free)
+        };
+        found.ok_or_else(|| format!("no free system {what} left"))
     }
 
     /// A system group as `addgroup --system` makes it: the lowest free GID from 100.
@@ -91,9 +96,7 @@ impl Accounts {
         if let Some(g) = self.group(name) {
             return Ok(g.gid);
         }
-        let gid = (DYNAMIC_MIN..=DYNAMIC_MAX)
-            .find(|id| !self.groups.iter().any(|g| g.gid == *id))
-            .ok_or("no free system GID left")?;
+        let gid = self.free(false, false, true, "GID")?;
         self.add_group(name, Some(gid))
     }
 
@@ -109,9 +112,7 @@ impl Accounts {
         if self.user(name).is_some() {
             return Ok(());
         }
-        let uid = (DYNAMIC_MIN..=DYNAMIC_MAX)
-            .find(|id| !self.users.iter().any(|u| u.uid == *id))
-            .ok_or("no free system UID left")?;
+        let uid = self.free(false, true, false, "UID")?;
         self.adduser_group(name)?;
         self.add_user(name, Some(uid), Some(name), gecos, home, shell)
     }
@@ -122,13 +123,7 @@ impl Accounts {
         }
         let gid = match gid {
             Some(g) => g,
-            None => (DYNAMIC_MIN..=DYNAMIC_MAX)
-                .rev()
-                .find(|id| {
-                    !self.groups.iter().any(|g| g.gid == *id)
-                        && !self.users.iter().any(|u| u.uid == *id)
-                })
-                .ok_or("no free system GID left")?,
+            None => self.free(true, true, true, "GID")?,
         };
         self.groups.push(Group {
             name: name.into(),
@@ -153,7 +148,10 @@ impl Accounts {
         }
         let uid = match uid {
             Some(u) => u,
-            None => self.free_id(group.is_none() && self.group(name).is_none())?,
+            None => {
+                let own_group = group.is_none() && self.group(name).is_none();
+                self.free(true, true, own_group, "ID")?
+            }
         };
         let gid = match group {
             Some(g) => self
