@@ -24,21 +24,12 @@ const CMDLINE: &str = "console=ttyS0,115200 panic=-1 slipway.test=uki-boot";
 #[test]
 fn ovmf_boots_our_disk_and_runs_our_init() {
     let r = rootfs::build("control-plane", &common::offline_options()).unwrap();
-    let stub = r
-        .tree
-        .read("usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-        .unwrap()
-        .to_vec();
-    let kernel_path = r
-        .tree
-        .children("boot")
-        .into_iter()
-        .find(|p| p.contains("vmlinuz-"))
-        .unwrap()
-        .to_string();
-    let kernel = r.tree.read(&kernel_path).unwrap().to_vec();
-    let uname = kernel_path.trim_start_matches("boot/vmlinuz-").to_string();
-    let osrel = r.tree.read("usr/lib/os-release").unwrap().to_vec();
+    let slipway::image::uki::BootParts {
+        stub,
+        kernel,
+        uname,
+        osrel,
+    } = slipway::image::uki::BootParts::from_tree(&r.tree).unwrap();
 
     // A tiny initramfs: the host's static busybox and a script that proves it ran.
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static (make deps installs it)");

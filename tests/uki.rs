@@ -14,21 +14,12 @@ use slipway::rootfs;
 fn objdump_sees_our_uki_sections_and_objcopy_reads_them_back() {
     let o = common::offline_options();
     let r = rootfs::build("control-plane", &o).unwrap();
-    let stub = r
-        .tree
-        .read("usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-        .expect("systemd-boot-efi's stub")
-        .to_vec();
-    let kernel_path = r
-        .tree
-        .children("boot")
-        .into_iter()
-        .find(|p| p.contains("vmlinuz-"))
-        .expect("a kernel")
-        .to_string();
-    let kernel = r.tree.read(&kernel_path).unwrap().to_vec();
-    let uname = kernel_path.trim_start_matches("boot/vmlinuz-").to_string();
-    let osrel = r.tree.read("usr/lib/os-release").unwrap().to_vec();
+    let slipway::image::uki::BootParts {
+        stub,
+        kernel,
+        uname,
+        osrel,
+    } = slipway::image::uki::BootParts::from_tree(&r.tree).unwrap();
     let cmdline = b"console=tty0 console=ttyS0,115200 ro".to_vec();
     let initrd = vec![0x42u8; 123_457];
     let secs = slipway::image::uki::sections(&osrel, &cmdline, uname.as_bytes(), &initrd, &kernel);

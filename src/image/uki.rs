@@ -5,6 +5,44 @@
 //! header area leaves, and each new section is appended at the next aligned file offset
 //! and virtual address.
 
+use crate::fs::Tree;
+
+/// Where Debian's systemd-boot-efi puts the stub.
+pub const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// What a UKI takes from the image tree itself: the stub, the kernel, its release and the
+/// image's os-release.
+#[derive(Debug, Clone)]
+pub struct BootParts {
+    pub stub: Vec<u8>,
+    pub kernel: Vec<u8>,
+    /// The kernel release, e.g. "6.12.117+deb13-amd64" (from /boot/vmlinuz-RELEASE).
+    pub uname: String,
+    pub osrel: Vec<u8>,
+}
+
+impl BootParts {
+    pub fn from_tree(tree: &Tree) -> Result<BootParts, String> {
+        let read = |p: &str, why: &str| {
+            tree.read(p)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| format!("/{p} is missing: {why}"))
+        };
+        let kernel_path = tree
+            .children("boot")
+            .into_iter()
+            .find(|p| p.starts_with("boot/vmlinuz-"))
+            .ok_or("no /boot/vmlinuz-*: is the kernel package in the image?")?
+            .to_string();
+        Ok(BootParts {
+            stub: read(STUB, "is systemd-boot-efi in the image?")?,
+            kernel: read(&kernel_path, "not a regular file")?,
+            uname: kernel_path.trim_start_matches("boot/vmlinuz-").to_string(),
+            osrel: read("usr/lib/os-release", "is base-files in the image?")?,
+        })
+    }
+}
+
 /// Section characteristics: initialized data, readable (IMAGE_SCN_CNT_INITIALIZED_DATA |
 /// IMAGE_SCN_MEM_READ).
 const DATA_SECTION: u32 = 0x0000_0040 | 0x4000_0000;
