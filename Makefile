@@ -3,45 +3,58 @@ CARGO ?= cargo
 OUT ?= out/homelab
 CLUSTER ?= examples/homelab/cluster.toml
 
-.PHONY: all deps build images test lint unit-test test-fixtures bench clean
+.PHONY: all deps init build images test image-test lint unit-test test-fixtures bench clean
 
 # Debian packages for the root filesystem tests: resolved and downloaded once by
 # test-fixtures (the only step of `make test` that talks to the Debian mirror, which comes
 # from this host's apt sources); the tests then build offline from this cache.
 export SLIPWAY_TEST_CACHE := $(CURDIR)/target/slipway-cache
 export SLIPWAY_TEST_LOCK := $(CURDIR)/target/test-debian/slipway.lock
+# PID 1 of every initramfs: linked statically (glibc, crt-static), since the initramfs
+# holds no libc. `slipway build` and the tests take it from here.
+export SLIPWAY_INIT := $(CURDIR)/target/init/slipway-init
+INIT_TARGET := x86_64-unknown-linux-gnu
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
 
-build: deps
+init: deps
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+	    $(CARGO) build --release --locked -p slipway-init --target $(INIT_TARGET)
+	mkdir -p $(dir $(SLIPWAY_INIT))
+	cp target/$(INIT_TARGET)/release/slipway-init $(SLIPWAY_INIT)
+
+build: deps init
 	$(CARGO) build --release --locked
 
-# The example cluster, end to end: the root filesystem of each role (Debian 13 packages,
-# locked in slipway.lock) and every node's secrets, files and Ignition config.
+# The example cluster, end to end: each role's bootable disk (Debian 13 packages locked
+# in slipway.lock, verity root, UKI) and every node's secrets, Ignition config and disk.
 images: build
-	target/release/slipway rootfs control-plane --out $(OUT)/images/control-plane.tar
-	target/release/slipway rootfs worker --out $(OUT)/images/worker.tar
-	target/release/slipway render $(CLUSTER) --out $(OUT)
+	target/release/slipway build $(CLUSTER) --out $(OUT)
 
 # The whole suite: lints, unit and integration tests (with the real tools as judges).
 test: deps lint test-fixtures unit-test
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 test-fixtures: build
 	mkdir -p $(dir $(SLIPWAY_TEST_LOCK))
-	target/release/slipway lock --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane
-	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane
+	target/release/slipway lock --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane worker
+	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane worker
 
 # Benchmarks first (built and smoke-run only), so the run ends with the test summary.
-unit-test: deps
+unit-test: deps init
 	$(CARGO) test --locked --benches
+	$(CARGO) test --locked -p slipway-init
 	$(CARGO) test --locked --lib --bins --tests
+
+# The QEMU tests alone (also part of `make test`): image-tests/, one harness.
+image-test: deps init test-fixtures
+	$(CARGO) test --locked --test boot_node
 
 bench: deps test-fixtures
 	$(CARGO) bench --locked

@@ -9,13 +9,16 @@ set -euo pipefail
 #   filesystem: the Debian archive keyring, gpg and dpkg-deb for the test repository,
 #   mmdebstrap as the reference builder, chroot and tar; veritysetup (cryptsetup-bin)
 #   for the dm-verity writer; sgdisk, sfdisk, fsck.fat and mtools for the disk writers;
-#   QEMU, OVMF and a static busybox for the firmware boot test.
+#   QEMU, OVMF and a static busybox for the firmware boot test. For `slipway build`:
+#   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
+#   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
+#   generates its ioctl bindings from at build time.
 APT_PACKAGES=(
     ca-certificates gcc pkg-config make
     ignition haproxy keepalived nftables openssl systemd util-linux iproute2
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
-    qemu-system-x86 ovmf busybox-static
+    qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
 )
 
 missing=()

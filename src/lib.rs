@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod build;
 pub mod cluster;
 pub mod debian;
 pub mod fs;

@@ -79,6 +79,40 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         secrets: Option<PathBuf>,
     },
+    /// Build bootable disks: DIR/images/ROLE.{raw,qcow2}, DIR/nodes/NAME/disk.raw and
+    /// DIR/manifest.json (also renders every node, as `render` does)
+    Build {
+        /// The cluster definition
+        cluster: PathBuf,
+        /// Output directory
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Secrets directory [default: secrets/ beside CLUSTER]
+        #[arg(long, value_name = "DIR")]
+        secrets: Option<PathBuf>,
+        /// The statically linked slipway-init for the initramfs [default: slipway-init
+        /// beside this binary, else ../init/slipway-init (where `make init` puts it)]
+        #[arg(long, value_name = "FILE", env = "SLIPWAY_INIT")]
+        init: Option<PathBuf>,
+        /// Skip the qcow2 copies of the role images
+        #[arg(long)]
+        no_qcow2: bool,
+        #[command(flatten)]
+        debian: DebianArgs,
+    },
+}
+
+/// Where slipway-init is looked for when --init is not given.
+fn default_init() -> PathBuf {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    let beside = exe_dir.join("slipway-init");
+    if beside.exists() {
+        return beside;
+    }
+    exe_dir.join("../init/slipway-init")
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,6 +241,57 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         ""
                     }
+                );
+            }
+        }
+        Cmd::Build {
+            cluster,
+            out,
+            secrets,
+            init,
+            no_qcow2,
+            debian,
+        } => {
+            let opts = slipway::build::BuildOptions {
+                rootfs: debian.options(&data),
+                secrets_dir: secrets.unwrap_or_else(|| pipeline::default_secrets_dir(&cluster)),
+                init: init.unwrap_or_else(default_init),
+                qcow2: !no_qcow2,
+                progress: !cli.json,
+            };
+            let m = slipway::build::build(&cluster, &opts, &out)
+                .with_context(|| format!("building {}", cluster.display()))?;
+            warn(&m.warnings);
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                for r in &m.roles {
+                    println!(
+                        "{}: {} packages, kernel {}, root {} MiB (slot {} MiB), root hash {}",
+                        r.role,
+                        r.packages,
+                        r.kernel,
+                        r.root_size >> 20,
+                        r.root_slot >> 20,
+                        r.root_hash
+                    );
+                }
+                for a in &m.artifacts {
+                    if a.path.ends_with(".raw") || a.path.ends_with(".qcow2") {
+                        println!(
+                            "{}/{}  {} MiB  sha256 {}",
+                            out.display(),
+                            a.path,
+                            a.size >> 20,
+                            a.sha256
+                        );
+                    }
+                }
+                println!(
+                    "{}/manifest.json: {} artifacts, built in {:.1} s",
+                    out.display(),
+                    m.artifacts.len(),
+                    m.seconds
                 );
             }
         }

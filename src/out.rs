@@ -35,9 +35,30 @@ fn ctx(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OutError {
     move |source| OutError { op, path, source }
 }
 
+impl OutError {
+    pub fn new(op: &'static str, path: &Path, source: io::Error) -> OutError {
+        OutError {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Writes `DIR/nodes/NAME/{config.ign,files/...}` for every node and `DIR/admin.conf`.
 /// `config.ign` and every secret are 0600; the nodes tree is 0700 since it holds keys.
 pub fn write_nodes(dir: &Path, nodes: &[NodeOutput<'_>], admin_conf: &str) -> Result<(), OutError> {
+    write_nodes_with(dir, nodes, admin_conf, |_| Ok(()))
+}
+
+/// [`write_nodes`], with `extra` adding files to the staged tree (its argument) before
+/// the swap: what it writes is swapped in with the rest, or not at all.
+pub fn write_nodes_with(
+    dir: &Path,
+    nodes: &[NodeOutput<'_>],
+    admin_conf: &str,
+    extra: impl FnOnce(&Path) -> Result<(), OutError>,
+) -> Result<(), OutError> {
     fs::create_dir_all(dir).map_err(ctx("creating", dir))?;
     let staged = dir.join(format!(".nodes.staging-{}", std::process::id()));
     if staged.exists() {
@@ -61,6 +82,7 @@ pub fn write_nodes(dir: &Path, nodes: &[NodeOutput<'_>], admin_conf: &str) -> Re
                 .into_iter()
                 .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         })?;
+        extra(&staged)?;
         let target = dir.join("nodes");
         fsutil::replace_dir(&staged, &target).map_err(ctx("replacing", &target))
     })();

@@ -60,7 +60,8 @@ pub fn disk_size(parts: &[Part<'_>]) -> u64 {
         + ALIGN
 }
 
-/// Writes a GPT disk of `size` bytes onto `dev` (which must already be that long).
+/// Writes a GPT disk of `size` bytes onto `dev`, which must already be that long and read
+/// as zeros.
 pub fn write<D: Read + Write + Seek + std::fmt::Debug>(
     mut dev: D,
     size: u64,
@@ -107,11 +108,20 @@ pub fn write<D: Read + Write + Seek + std::fmt::Debug>(
     }
     disk.update_partitions(table).map_err(|e| err(&e))?;
     let mut dev = disk.write().map_err(|e| err(&e))?;
+    // `dev` reads as zeros where nothing was written (a new sparse file or a zeroed
+    // buffer), so all-zero chunks are skipped: a file stays sparse there.
+    const CHUNK: usize = 64 << 10;
     for (p, at) in parts.iter().zip(&placed) {
         if let Some(c) = p.contents {
-            dev.seek(SeekFrom::Start(at.first_lba * SECTOR))
-                .map_err(|e| err(&e))?;
-            dev.write_all(c).map_err(|e| err(&e))?;
+            let start = at.first_lba * SECTOR;
+            for (i, chunk) in c.chunks(CHUNK).enumerate() {
+                if chunk.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                dev.seek(SeekFrom::Start(start + (i * CHUNK) as u64))
+                    .map_err(|e| err(&e))?;
+                dev.write_all(chunk).map_err(|e| err(&e))?;
+            }
         }
     }
     Ok((dev, placed))

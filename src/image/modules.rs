@@ -15,7 +15,7 @@ pub fn canonical(name: &str) -> String {
     name.replace('-', "_")
 }
 
-fn module_name(path: &str) -> Option<String> {
+pub fn module_name(path: &str) -> Option<String> {
     let file = path.rsplit('/').next()?;
     let stem = file
         .strip_suffix(".ko")
@@ -25,7 +25,7 @@ fn module_name(path: &str) -> Option<String> {
     Some(canonical(stem))
 }
 
-fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let r: std::io::Result<usize> = if path.ends_with(".xz") {
         liblzma::read::XzDecoder::new(bytes).read_to_end(&mut out)

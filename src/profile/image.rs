@@ -21,6 +21,8 @@ struct ImageFile {
     keyring: Option<PathBuf>,
     #[serde(default)]
     packages: Vec<String>,
+    #[serde(default)]
+    initramfs_modules: Vec<String>,
 }
 
 /// A profile with its `extends` chain merged.
@@ -37,6 +39,9 @@ pub struct ImageProfile {
     pub keyring: PathBuf,
     /// Kernel first, then packages in profile order, without duplicates.
     pub packages: Vec<String>,
+    /// Kernel modules the initramfs loads before it looks for the root (with their
+    /// dependencies), in profile order.
+    pub initramfs_modules: Vec<String>,
 }
 
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -88,6 +93,7 @@ impl ImageProfile {
             mirror: None,
             keyring: PathBuf::from(DEFAULT_KEYRING),
             packages: Vec::new(),
+            initramfs_modules: Vec::new(),
         };
         let mut packages: Vec<String> = Vec::new();
         for (_, path, f) in chain {
@@ -109,6 +115,22 @@ impl ImageProfile {
             }
             if let Some(v) = f.keyring {
                 p.keyring = v;
+            }
+            for (i, m) in f.initramfs_modules.into_iter().enumerate() {
+                if m.is_empty()
+                    || !m
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(ProfileError::Invalid {
+                        path: path.clone(),
+                        field: format!("initramfs_modules[{i}]"),
+                        reason: format!("{m:?} is not a kernel module name"),
+                    });
+                }
+                if !p.initramfs_modules.contains(&m) {
+                    p.initramfs_modules.push(m);
+                }
             }
             for (i, pkg) in f.packages.into_iter().enumerate() {
                 if pkg.is_empty() || pkg.contains(char::is_whitespace) {

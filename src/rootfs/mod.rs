@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod configure;
+pub mod depmod;
 pub mod sbom;
 
 use std::io::Read;
@@ -50,6 +51,8 @@ pub enum RootfsError {
     Unpack(String),
     #[error("configuring the tree: {0}")]
     Configure(String),
+    #[error("kernel module indexes: {0}")]
+    Depmod(String),
 }
 
 /// Where a build finds and keeps things.
@@ -295,6 +298,8 @@ pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> 
         opts.source_date_epoch,
     )
     .map_err(RootfsError::Configure)?;
+    // 5. what the kernel's postinst would have done
+    depmod::run(&mut tree, &opts.cache).map_err(RootfsError::Depmod)?;
     Ok(Rootfs {
         profile,
         tree,

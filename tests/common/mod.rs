@@ -127,3 +127,65 @@ pub fn offline_options() -> slipway::rootfs::Options {
         source_date_epoch: 1_764_000_000,
     }
 }
+
+/// The statically linked slipway-init `make init` builds (`$SLIPWAY_INIT`).
+pub fn init_binary() -> PathBuf {
+    let p = std::env::var_os("SLIPWAY_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/init/slipway-init"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make init` (or `make test`, which builds it)",
+        p.display()
+    );
+    p
+}
+
+/// `slipway build` of `cluster` into `out` with secrets in `secrets`, offline.
+pub fn build(cluster: &Path, secrets: &Path, out: &Path, qcow2: bool) -> slipway::build::Manifest {
+    let opts = slipway::build::BuildOptions {
+        rootfs: offline_options(),
+        secrets_dir: secrets.to_owned(),
+        init: init_binary(),
+        qcow2,
+        progress: false,
+    };
+    slipway::build::build(cluster, &opts, out).unwrap_or_else(|e| panic!("build: {e:#}"))
+}
+
+/// A partition of a disk image as `sfdisk --json` (util-linux) reports it.
+#[derive(Debug, Clone)]
+pub struct SfPart {
+    pub name: String,
+    pub type_guid: String,
+    pub uuid: String,
+    pub start: u64,
+    pub size: u64,
+}
+
+pub fn sfdisk_parts(disk: &Path) -> Vec<SfPart> {
+    let o = check(Command::new("sfdisk").arg("--json").arg(disk));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| SfPart {
+            name: p["name"].as_str().unwrap_or_default().to_string(),
+            type_guid: p["type"].as_str().unwrap().to_string(),
+            uuid: p["uuid"].as_str().unwrap().to_string(),
+            start: p["start"].as_u64().unwrap() * 512,
+            size: p["size"].as_u64().unwrap() * 512,
+        })
+        .collect()
+}
+
+/// Bytes `[start, start+len)` of a file.
+pub fn read_range(path: &Path, start: u64, len: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}

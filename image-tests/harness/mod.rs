@@ -1,0 +1,248 @@
+//! The QEMU harness every image test uses: UEFI (OVMF, a private copy of the variable
+//! store per VM), KVM where it works and TCG otherwise, the serial console captured to a
+//! per-VM log under target/image-tests/, and waits for console patterns with explicit
+//! timeouts. A VM is killed when dropped; its log stays, and its path is in every
+//! failure message.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Console lines that fail a test wherever they appear.
+pub const BADNESS: &[&str] = &[
+    "Kernel panic",
+    "Oops:",
+    "BUG: ",
+    "segfault at",
+    "Out of memory",
+    "oom-kill",
+    "emergency mode",
+    "Ordering cycle found",
+];
+
+/// Whether a console line shows something a healthy boot never prints: one of
+/// [`BADNESS`], or slipway-init stopping the boot.
+pub fn bad_line(line: &str) -> bool {
+    BADNESS.iter().any(|b| line.contains(b))
+        || (line.contains("slipway-init") && line.contains("FATAL"))
+}
+
+/// Where VM logs and disks live: target/image-tests/NAME/.
+pub fn work_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/image-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// "kvm" when /dev/kvm exists and a probe VM gets through OVMF under it within 10 s,
+/// else "tcg" (KVM hangs on some hosts). `SLIPWAY_QEMU_ACCEL` overrides. Probed once.
+pub fn accel() -> &'static str {
+    static A: OnceLock<&'static str> = OnceLock::new();
+    A.get_or_init(|| {
+        if let Ok(a) = std::env::var("SLIPWAY_QEMU_ACCEL") {
+            return if a == "kvm" { "kvm" } else { "tcg" };
+        }
+        if !Path::new("/dev/kvm").exists() {
+            return "tcg";
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let vars = dir.path().join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        let log = dir.path().join("probe.log");
+        // No disk: OVMF reaches its boot manager and reports it has nothing to boot.
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "kvm",
+                "-m",
+                "256",
+                "-nodefaults",
+            ])
+            .args(["-display", "none", "-nic", "none", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let mut ok = false;
+        while start.elapsed() < Duration::from_secs(10) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("BdsDxe") || text.contains("Boot0") {
+                ok = true;
+                break;
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let a = if ok { "kvm" } else { "tcg" };
+        eprintln!(
+            "harness: accelerator {a} (KVM probe {:.1} s)",
+            start.elapsed().as_secs_f64()
+        );
+        a
+    })
+}
+
+pub struct VmConfig<'a> {
+    pub name: &'a str,
+    pub disk: &'a Path,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Extra QEMU arguments (network devices, fw_cfg, ...). Without any `-nic`/`-netdev`,
+    /// the VM has no network at all.
+    pub extra: Vec<String>,
+}
+
+pub struct Vm {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+    started: Instant,
+}
+
+impl Vm {
+    /// Starts a VM booting `disk` (used in place; pass a copy) with OVMF.
+    pub fn start(cfg: VmConfig<'_>, dir: &Path) -> Vm {
+        let vars = dir.join(format!("{}-vars.fd", cfg.name));
+        std::fs::copy(OVMF_VARS, &vars).expect("ovmf (make deps installs it)");
+        let log = dir.join(format!("{}-serial.log", cfg.name));
+        let accel = accel();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel"])
+            .arg(if accel == "kvm" {
+                "kvm".to_string()
+            } else {
+                "tcg,tb-size=256".to_string()
+            })
+            .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
+            .arg("-smp")
+            .arg(cfg.cpus.to_string())
+            .arg("-m")
+            .arg(cfg.memory_mib.to_string())
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=none,id=disk0,format=raw,file={}",
+                cfg.disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()));
+        if !cfg.extra.iter().any(|a| a == "-nic" || a == "-netdev") {
+            cmd.args(["-nic", "none"]);
+        }
+        cmd.args(&cfg.extra);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{}-qemu.log", cfg.name))).unwrap())
+            .spawn()
+            .expect("qemu-system-x86_64 (make deps installs it)");
+        Vm {
+            name: cfg.name.to_string(),
+            log,
+            child,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the console shows `pattern`; fails on a timeout, on QEMU exiting, or
+    /// (when `strict`) on a bad line before it. Returns the time since power-on.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration, strict: bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            let text = self.console();
+            if strict && let Some(bad) = text.lines().find(|l| bad_line(l)) {
+                panic!(
+                    "{}: bad console line before {pattern:?}: {bad:?} (log {})",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if text.contains(pattern) {
+                return self.started.elapsed();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{}: QEMU exited ({status}) before {pattern:?} (log {})",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{}: no {pattern:?} on the console within {} s (log {})",
+                    self.name,
+                    timeout.as_secs(),
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A sparse copy of `disk` for one VM to write to.
+pub fn disk_copy(disk: &Path, dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(format!("{name}.raw"));
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(disk)
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying {}", disk.display());
+    to
+}

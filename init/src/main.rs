@@ -1,0 +1,68 @@
+//! slipway-init: PID 1 of a Slipway node's initramfs.
+//!
+//! The boot flow (docs/images.md): mount the API filesystems, load the modules the
+//! image builder listed, find the root and hash partitions by the partition UUIDs the
+//! root hash names, open the root through dm-verity (device-mapper ioctls), mount it
+//! read-only, give it writable /etc, /opt and /var, and hand over to systemd. Any failure
+//! stops the boot with a message on the console; there is no fallback to an unverified
+//! root.
+
+mod cmdline;
+mod disk;
+mod log;
+mod root;
+mod verity;
+
+use std::time::Duration;
+
+use crate::log::{fatal, step};
+
+/// Where the verified root is assembled before switching to it.
+const SYSROOT: &str = "/sysroot";
+/// What the initramfs builder writes: one module path per line, dependencies first.
+const MODULE_LIST: &str = "/etc/slipway/modules";
+
+fn main() {
+    if let Err(e) = run() {
+        fatal(&e);
+    }
+}
+
+fn run() -> Result<(), String> {
+    root::mount_api_filesystems()?;
+    log::init();
+    step("slipway-init started");
+    let args = cmdline::Args::read()?;
+
+    let loaded = root::load_modules(MODULE_LIST)?;
+    step(&format!("loaded {loaded} kernel modules"));
+
+    let (data_uuid, hash_uuid) = verity::partition_uuids(&args.roothash);
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let found = disk::wait_for(&[data_uuid, hash_uuid], timeout)?;
+    let (data_dev, hash_dev) = (&found[0], &found[1]);
+    step(&format!(
+        "root partition {} ({data_uuid}), hash partition {} ({hash_uuid})",
+        data_dev.display(),
+        hash_dev.display()
+    ));
+
+    let mapped = verity::open("root", data_dev, hash_dev, &args.roothash)?;
+    step(&format!(
+        "dm-verity device {} opened with root hash {}",
+        mapped.display(),
+        hex(&args.roothash)
+    ));
+
+    root::mount_root(&mapped, SYSROOT)?;
+    step(&format!("root mounted read-only at {SYSROOT}"));
+    root::writable_layers(SYSROOT)?;
+    step("volatile /etc, /opt and /var layers in place");
+
+    step(&format!("switching root to {}", args.init));
+    root::switch_root(SYSROOT, &args.init)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,449 @@
+//! `slipway build`: the cluster's bootable disks.
+//!
+//! 1. cluster, secrets and every node's rendered files (as `slipway render`);
+//! 2. per role used by the cluster: its root tree, then [`RoleDisk`] (squashfs, verity,
+//!    initramfs, UKI) - pure, in memory;
+//! 3. `DIR/images/ROLE.raw` (+ `.qcow2`, `.spdx.json`), each written under a temporary
+//!    name and renamed;
+//! 4. `DIR/nodes/NAME/disk.raw` (the role disk with the node's config on its ESP) staged
+//!    with the rendered files and swapped in with them;
+//! 5. `DIR/manifest.json`: every artifact with its size and SHA-256.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::Role;
+use crate::fsutil;
+use crate::image::disk::{RoleDisk, RoleInputs};
+use crate::image::gpt;
+use crate::out::{self, NodeOutput, OutError};
+use crate::pipeline;
+use crate::pki::EnsureOptions;
+use crate::render::Renderer;
+use crate::rootfs::{self, RootfsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::Error),
+    #[error("role {role}: {source}")]
+    Rootfs {
+        role: String,
+        #[source]
+        source: RootfsError,
+    },
+    #[error("slipway-init {path}: {reason}")]
+    Init { path: PathBuf, reason: String },
+    #[error("role {role}: {reason}")]
+    Image { role: String, reason: String },
+    #[error("writing output")]
+    Out(#[from] OutError),
+    #[error("{what}: {reason}")]
+    Tool { what: String, reason: String },
+}
+
+/// How to build.
+pub struct BuildOptions {
+    pub rootfs: rootfs::Options,
+    pub secrets_dir: PathBuf,
+    /// The statically linked slipway-init.
+    pub init: PathBuf,
+    /// Also write `images/ROLE.qcow2` (qemu-img).
+    pub qcow2: bool,
+    /// Progress on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// One file of the output, as manifest.json lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Artifact {
+    /// Relative to the output directory.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleSummary {
+    pub role: String,
+    pub packages: usize,
+    pub kernel: String,
+    pub cmdline: String,
+    pub root_hash: String,
+    pub root_size: u64,
+    pub root_slot: u64,
+    pub esp_size: u64,
+    pub disk_size: u64,
+    pub initramfs_size: u64,
+    pub initramfs_modules: Vec<String>,
+}
+
+/// What `DIR/manifest.json` holds and `--json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub cluster: String,
+    pub source_date_epoch: u64,
+    pub roles: Vec<RoleSummary>,
+    /// Node name -> role.
+    pub nodes: BTreeMap<String, String>,
+    pub artifacts: Vec<Artifact>,
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub seconds: f64,
+}
+
+/// A labelled spinner for one step, hidden unless progress is wanted.
+fn step(progress: bool, msg: String) -> (ProgressBar, Instant) {
+    let bar = if progress {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(msg);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    (bar, Instant::now())
+}
+
+fn done(bar: ProgressBar, t: Instant) {
+    let msg = format!("{} ({:.1} s)", bar.message(), t.elapsed().as_secs_f64());
+    bar.finish_with_message(msg);
+}
+
+/// Builds every disk of the cluster at `cluster_path` into `out_dir`.
+pub fn build(
+    cluster_path: &Path,
+    opts: &BuildOptions,
+    out_dir: &Path,
+) -> Result<Manifest, BuildError> {
+    let started = Instant::now();
+    let init = fs::read(&opts.init).map_err(|e| BuildError::Init {
+        path: opts.init.clone(),
+        reason: format!("{e} (build it with `make init`, or pass --init)"),
+    })?;
+    crate::image::initramfs::check_static_init(&init).map_err(|reason| BuildError::Init {
+        path: opts.init.clone(),
+        reason,
+    })?;
+    let epoch = opts.rootfs.source_date_epoch;
+
+    // 1. model, secrets, rendered nodes (pure apart from the secrets directory)
+    let (cluster, pki, _report, warnings) =
+        pipeline::secrets(cluster_path, &opts.secrets_dir, EnsureOptions::default())?;
+    let renderer = Renderer::new(&opts.rootfs.data).map_err(pipeline::Error::from)?;
+    let rendered = pipeline::render_nodes(&cluster, &pki, &renderer)?;
+    let admin = renderer
+        .render_admin_kubeconfig(&cluster, &pki)
+        .map_err(pipeline::Error::from)?;
+
+    // 2. one disk per role the cluster uses
+    let mut roles: Vec<Role> = cluster.nodes.iter().map(|n| n.role).collect();
+    roles.sort_by_key(|r| r.as_str());
+    roles.dedup();
+    let images = out_dir.join("images");
+    fs::create_dir_all(&images).map_err(|e| OutError::new("creating", &images, e))?;
+    let mut disks: BTreeMap<Role, RoleDisk> = BTreeMap::new();
+    let mut summaries = Vec::new();
+    for role in roles {
+        let name = role.as_str();
+        let (bar, t) = step(opts.progress, format!("{name}: root filesystem"));
+        let r = rootfs::build(name, &opts.rootfs).map_err(|source| BuildError::Rootfs {
+            role: name.into(),
+            source,
+        })?;
+        done(bar, t);
+        let (bar, t) = step(
+            opts.progress,
+            format!("{name}: squashfs, dm-verity, initramfs, UKI"),
+        );
+        let disk = RoleDisk::assemble(
+            &r.tree,
+            &RoleInputs {
+                name,
+                init: &init,
+                modules: &r.profile.initramfs_modules,
+                source_date_epoch: epoch,
+            },
+        )
+        .map_err(|reason| BuildError::Image {
+            role: name.into(),
+            reason,
+        })?;
+        done(bar, t);
+
+        let (bar, t) = step(opts.progress, format!("{name}: images/{name}.raw"));
+        let esp = disk.esp(None).map_err(|reason| BuildError::Image {
+            role: name.into(),
+            reason,
+        })?;
+        let raw = images.join(format!("{name}.raw"));
+        write_replacing(&raw, 0o644, |tmp| write_disk(tmp, &disk, &esp, name, 0o644))?;
+        let sbom = images.join(format!("{name}.tar"));
+        let sbom_text = serde_json::to_vec_pretty(&rootfs::sbom::spdx(
+            name,
+            &r.locked.codename,
+            &r.locked.packages,
+            epoch,
+        ))
+        .map_err(|e| OutError::new("serializing", &sbom, io::Error::other(e)))?;
+        let sbom = rootfs::sbom_path(&sbom);
+        fsutil::write_atomic(&sbom, &sbom_text, 0o644)
+            .map_err(|e| OutError::new("writing", &sbom, e))?;
+        if opts.qcow2 {
+            let qcow = images.join(format!("{name}.qcow2"));
+            write_replacing(&qcow, 0o644, |tmp| qcow2(&raw, tmp))?;
+        }
+        done(bar, t);
+        summaries.push(RoleSummary {
+            role: name.into(),
+            packages: r.locked.packages.len(),
+            kernel: disk.kernel_release.clone(),
+            cmdline: disk.cmdline.clone(),
+            root_hash: disk.verity.root_hash_hex(),
+            root_size: disk.root.len() as u64,
+            root_slot: disk.root_slot,
+            esp_size: disk.esp_size,
+            disk_size: disk.disk_size(),
+            initramfs_size: disk.initramfs_size,
+            initramfs_modules: disk.initramfs_modules.clone(),
+        });
+        disks.insert(role, disk);
+    }
+
+    // 3. nodes: rendered files, config.ign and disk.raw, swapped in together
+    let (bar, t) = step(opts.progress, format!("{} node disks", rendered.len()));
+    let outputs: Vec<NodeOutput<'_>> = rendered
+        .iter()
+        .map(|(node, json)| NodeOutput {
+            node,
+            ignition: json,
+        })
+        .collect();
+    out::write_nodes_with(out_dir, &outputs, &admin, |staged| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let queue = std::sync::Mutex::new(rendered.iter());
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<(), OutError> {
+                        loop {
+                            let next = queue.lock().ok().and_then(|mut q| q.next());
+                            let Some((node, json)) = next else {
+                                return Ok(());
+                            };
+                            let disk = &disks[&node.role];
+                            let path = staged.join(&node.name).join("disk.raw");
+                            let esp = disk.esp(Some(json)).map_err(|e| {
+                                OutError::new("building", &path, io::Error::other(e))
+                            })?;
+                            write_disk(&path, disk, &esp, &node.name, 0o600)?;
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    })?;
+    done(bar, t);
+
+    // 4. manifest
+    let (bar, t) = step(
+        opts.progress,
+        "manifest.json (SHA-256 of every artifact)".into(),
+    );
+    let artifacts = hash_artifacts(out_dir)?;
+    let manifest = Manifest {
+        cluster: cluster.name.clone(),
+        source_date_epoch: epoch,
+        roles: summaries,
+        nodes: cluster
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.role.as_str().to_string()))
+            .collect(),
+        artifacts,
+        warnings,
+        seconds: 0.0,
+    };
+    let path = out_dir.join("manifest.json");
+    let mut text = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| OutError::new("serializing", &path, io::Error::other(e)))?;
+    text.push(b'\n');
+    fsutil::write_atomic(&path, &text, 0o644).map_err(|e| OutError::new("writing", &path, e))?;
+    done(bar, t);
+    Ok(Manifest {
+        seconds: started.elapsed().as_secs_f64(),
+        ..manifest
+    })
+}
+
+/// Runs `write` on a temporary name beside `path`, then renames it into place; on
+/// failure the temporary file is removed and `path` is untouched.
+fn write_replacing(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&Path) -> Result<(), OutError>,
+) -> Result<(), OutError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let r = write(&tmp).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+            .map_err(|e| OutError::new("setting mode of", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| OutError::new("renaming into", path, e))
+    });
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Writes a disk of `disk`'s layout with `esp` as its ESP to a new file at `path`,
+/// sparse where the layout is empty, and flushes it.
+fn write_disk(
+    path: &Path,
+    disk: &RoleDisk,
+    esp: &[u8],
+    identity: &str,
+    mode: u32,
+) -> Result<(), OutError> {
+    let parts = disk.parts(esp);
+    let size = gpt::disk_size(&parts);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| OutError::new("creating", path, e))?;
+    file.set_len(size)
+        .map_err(|e| OutError::new("sizing", path, e))?;
+    let (file, _) = gpt::write(file, size, disk.disk_guid(identity), &parts)
+        .map_err(|e| OutError::new("writing", path, io::Error::other(e)))?;
+    file.sync_all()
+        .map_err(|e| OutError::new("flushing", path, e))
+}
+
+/// `qemu-img convert` to qcow2: QEMU's own writer, so the result is what QEMU expects.
+fn qcow2(raw: &Path, out: &Path) -> Result<(), OutError> {
+    let o = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(out)
+        .output()
+        .map_err(|e| OutError::new("running qemu-img (package qemu-utils) for", out, e))?;
+    if !o.status.success() {
+        return Err(OutError::new(
+            "converting to qcow2",
+            out,
+            io::Error::other(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        ));
+    }
+    Ok(())
+}
+
+/// Every file under `dir` (manifest.json itself excepted, temporary names skipped),
+/// sorted, with size and SHA-256; hashed on a few threads.
+fn hash_artifacts(dir: &Path) -> Result<Vec<Artifact>, OutError> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.retain(|p| p != "manifest.json");
+    files.sort();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let queue = std::sync::Mutex::new(files.iter().enumerate());
+    let results: std::sync::Mutex<Vec<Option<Result<Artifact, OutError>>>> =
+        std::sync::Mutex::new(files.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let Some((i, rel)) = queue.lock().ok().and_then(|mut q| q.next()) else {
+                        return;
+                    };
+                    let r = hash_file(&dir.join(rel)).map(|(size, sha256)| Artifact {
+                        path: rel.clone(),
+                        size,
+                        sha256,
+                    });
+                    if let Ok(mut v) = results.lock() {
+                        v[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_default();
+    results
+        .into_iter()
+        .zip(&files)
+        .map(|(r, rel)| {
+            r.unwrap_or_else(|| {
+                Err(OutError::new(
+                    "hashing",
+                    &dir.join(rel),
+                    io::Error::other("a hashing thread stopped"),
+                ))
+            })
+        })
+        .collect()
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), OutError> {
+    for e in fs::read_dir(dir).map_err(|e| OutError::new("listing", dir, e))? {
+        let e = e.map_err(|e| OutError::new("listing", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        let ft = e.file_type().map_err(|e| OutError::new("reading", &p, e))?;
+        if ft.is_dir() {
+            collect(root, &p, out)?;
+        } else if ft.is_file() {
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String), OutError> {
+    let mut f = fs::File::open(path).map_err(|e| OutError::new("opening", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| OutError::new("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(h.finalize())))
+}

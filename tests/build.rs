@@ -1,0 +1,437 @@
+//! `slipway build` of the example cluster, judged by independent tools: sgdisk and
+//! sfdisk (GPT), fsck.fat and mtools (ESP), unsquashfs (root), veritysetup (hash tree,
+//! and a flipped byte), objdump/objcopy (UKI), cpio (initramfs), qemu-img (qcow2). Then
+//! determinism, and what one node's change touches.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{SfPart, check, read_range, run, sfdisk_parts, stdout};
+
+struct Built {
+    _tmp: tempfile::TempDir,
+    cluster: PathBuf,
+    secrets: PathBuf,
+    out: PathBuf,
+    manifest: slipway::build::Manifest,
+}
+
+/// One build shared by the tests of this file.
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let cluster = tmp.path().join("cluster.toml");
+        std::fs::copy(common::example(), &cluster).unwrap();
+        let secrets = tmp.path().join("secrets");
+        let out = tmp.path().join("out");
+        let t = std::time::Instant::now();
+        let manifest = common::build(&cluster, &secrets, &out, true);
+        eprintln!(
+            "build of the example cluster: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        Built {
+            _tmp: tmp,
+            cluster,
+            secrets,
+            out,
+            manifest,
+        }
+    })
+}
+
+fn part<'a>(parts: &'a [SfPart], name: &str) -> &'a SfPart {
+    parts
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no partition {name}: {parts:?}"))
+}
+
+fn extract(disk: &Path, p: &SfPart, to: &Path) {
+    std::fs::write(to, read_range(disk, p.start, p.size)).unwrap();
+}
+
+fn role_hash(role: &str) -> String {
+    built()
+        .manifest
+        .roles
+        .iter()
+        .find(|r| r.role == role)
+        .unwrap()
+        .root_hash
+        .clone()
+}
+
+#[test]
+fn the_gpt_is_valid_and_follows_the_discoverable_partitions_spec() {
+    let b = built();
+    for disk in [
+        "images/control-plane.raw",
+        "images/worker.raw",
+        "nodes/master1/disk.raw",
+    ] {
+        let path = b.out.join(disk);
+        let o = check(Command::new("sgdisk").arg("-v").arg(&path));
+        assert!(
+            stdout(&o).contains("No problems found"),
+            "{disk}: {}",
+            stdout(&o)
+        );
+        let parts = sfdisk_parts(&path);
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["esp", "root-a", "root-a-verity", "root-b", "root-b-verity"],
+            "{disk}"
+        );
+        let types: Vec<&str> = parts.iter().map(|p| p.type_guid.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+                "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5",
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+                "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5",
+            ],
+            "{disk}"
+        );
+        // A/B slots of equal size; partitions on 1 MiB boundaries.
+        assert_eq!(parts[1].size, parts[3].size);
+        assert_eq!(parts[2].size, parts[4].size);
+        assert!(parts.iter().all(|p| p.start % (1 << 20) == 0));
+        // Root and hash partition UUIDs are the halves of the root hash.
+        let role = if disk.contains("worker") {
+            "worker"
+        } else {
+            "control-plane"
+        };
+        let hash = role_hash(role);
+        let uuid_hex = |u: &str| u.replace('-', "").to_lowercase();
+        assert_eq!(uuid_hex(&parts[1].uuid), hash[..32], "{disk}");
+        assert_eq!(uuid_hex(&parts[2].uuid), hash[32..], "{disk}");
+    }
+}
+
+#[test]
+fn esp_is_fat32_with_the_uki_and_only_nodes_carry_a_config() {
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    for (disk, config) in [
+        ("images/control-plane.raw", None),
+        ("nodes/master1/disk.raw", Some("nodes/master1/config.ign")),
+        ("nodes/worker1/disk.raw", Some("nodes/worker1/config.ign")),
+    ] {
+        let path = b.out.join(disk);
+        let esp = tmp.path().join("esp.img");
+        extract(&path, part(&sfdisk_parts(&path), "esp"), &esp);
+        check(Command::new("fsck.fat").arg("-n").arg(&esp));
+        let o = check(Command::new("file").arg("-s").arg(&esp));
+        assert!(stdout(&o).contains("FAT (32 bit)"), "{}", stdout(&o));
+        let listing = stdout(&check(
+            Command::new("mdir")
+                .args(["-/", "-b", "-i"])
+                .arg(&esp)
+                .arg("::"),
+        ));
+        assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
+        assert!(listing.contains("::/EFI/Linux/slipway.efi"), "{listing}");
+        let got = tmp.path().join("config.ign");
+        let _ = std::fs::remove_file(&got);
+        let o = run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/slipway/config.ign")
+            .arg(&got));
+        match config {
+            None => assert!(!o.status.success(), "the role image carries a node config"),
+            Some(c) => {
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                assert_eq!(
+                    std::fs::read(&got).unwrap(),
+                    std::fs::read(b.out.join(c)).unwrap(),
+                    "{disk}: the ESP's config is not the node's config.ign"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn root_is_squashfs_and_verity_verifies_it_and_refuses_a_flipped_byte() {
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = b.out.join("nodes/master1/disk.raw");
+    let parts = sfdisk_parts(&disk);
+    let root = tmp.path().join("root.img");
+    let hash = tmp.path().join("hash.img");
+    extract(&disk, part(&parts, "root-a"), &root);
+    extract(&disk, part(&parts, "root-a-verity"), &hash);
+    let o = check(Command::new("unsquashfs").arg("-s").arg(&root));
+    assert!(stdout(&o).contains("Compression zstd"), "{}", stdout(&o));
+    let o = check(Command::new("unsquashfs").arg("-l").arg(&root));
+    let listing = stdout(&o);
+    for p in [
+        "squashfs-root/usr/sbin/haproxy",
+        "squashfs-root/usr/lib/systemd/systemd",
+        "squashfs-root/usr/lib/modules/6.",
+    ] {
+        assert!(listing.contains(p), "{p} missing from the root");
+    }
+    assert!(listing.contains("/modules.dep.bin"), "no modules.dep.bin");
+
+    let roothash = role_hash("control-plane");
+    check(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(&root)
+            .arg(&hash)
+            .arg(&roothash),
+    );
+    // One byte flipped in the middle of the root: verification fails.
+    let mut bytes = std::fs::read(&root).unwrap();
+    let data_len = built().manifest.roles[0].root_size as usize;
+    bytes[data_len / 2] ^= 0x01;
+    std::fs::write(&root, &bytes).unwrap();
+    let o = run(Command::new("veritysetup")
+        .arg("verify")
+        .arg(&root)
+        .arg(&hash)
+        .arg(&roothash));
+    assert!(!o.status.success(), "veritysetup accepted a flipped byte");
+}
+
+#[test]
+fn uki_sections_and_initramfs_contents() {
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = b.out.join("images/control-plane.raw");
+    let esp = tmp.path().join("esp.img");
+    extract(&disk, part(&sfdisk_parts(&disk), "esp"), &esp);
+    let uki = tmp.path().join("uki.efi");
+    check(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/EFI/BOOT/BOOTX64.EFI")
+            .arg(&uki),
+    );
+    let o = check(Command::new("objdump").arg("-h").arg(&uki));
+    for s in [".osrel", ".cmdline", ".uname", ".initrd", ".linux"] {
+        assert!(stdout(&o).contains(s), "no {s} section: {}", stdout(&o));
+    }
+    let section = |name: &str| {
+        let f = tmp.path().join(name.trim_start_matches('.'));
+        check(
+            Command::new("objcopy")
+                .args(["-O", "binary", "--only-section", name])
+                .arg(&uki)
+                .arg(&f),
+        );
+        std::fs::read(&f).unwrap()
+    };
+    let cmdline = String::from_utf8(section(".cmdline")).unwrap();
+    assert!(
+        cmdline.contains(&format!("slipway.roothash={}", role_hash("control-plane"))),
+        "{cmdline}"
+    );
+    assert!(
+        cmdline.contains("console=tty0") && cmdline.contains("console=ttyS0,115200"),
+        "{cmdline}"
+    );
+    let initrd = tmp.path().join("initrd");
+    std::fs::write(&initrd, section(".initrd")).unwrap();
+    let o = check(
+        Command::new("cpio")
+            .args(["-t", "--quiet", "-F"])
+            .arg(&initrd),
+    );
+    let names: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert!(names.contains(&"init".to_string()), "{names:?}");
+    assert!(names.contains(&"etc/slipway/modules".to_string()));
+    let r = &b.manifest.roles[0];
+    for m in &r.initramfs_modules {
+        assert!(
+            names.contains(&format!("lib/modules/{m}.ko")),
+            "{m} listed but not in the initramfs"
+        );
+    }
+    for m in [
+        "virtio_blk",
+        "nvme",
+        "ahci",
+        "usb_storage",
+        "xhci_pci",
+        "dm_verity",
+        "squashfs",
+    ] {
+        assert!(r.initramfs_modules.iter().any(|x| x == m), "{m} not loaded");
+    }
+    // Nothing else: the init, its module list and exactly the modules.
+    let files = names
+        .iter()
+        .filter(|n| n.contains('.') || *n == "init")
+        .count();
+    assert_eq!(files, r.initramfs_modules.len() + 1, "{names:?}");
+}
+
+#[test]
+fn qcow2_holds_the_same_disk() {
+    let b = built();
+    for role in ["control-plane", "worker"] {
+        let raw = b.out.join(format!("images/{role}.raw"));
+        let qcow = b.out.join(format!("images/{role}.qcow2"));
+        check(Command::new("qemu-img").arg("check").arg(&qcow));
+        check(Command::new("qemu-img").arg("compare").arg(&raw).arg(&qcow));
+    }
+}
+
+#[test]
+fn manifest_lists_every_artifact_with_its_hash_and_secrets_stay_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = built();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.out.join("manifest.json")).unwrap()).unwrap();
+    let listed: BTreeMap<String, String> = on_disk["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["path"].as_str().unwrap().to_string(),
+                a["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut files: Vec<String> = common::walk(&b.out)
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p != "manifest.json")
+        .collect();
+    files.sort();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), files);
+    for p in ["nodes/master2/config.ign", "images/worker.spdx.json"] {
+        let o = check(Command::new("sha256sum").arg(b.out.join(p)));
+        assert_eq!(
+            stdout(&o).split_whitespace().next().unwrap(),
+            listed[p],
+            "{p}"
+        );
+    }
+    for (p, mode) in [
+        ("images/control-plane.raw", 0o644),
+        ("images/control-plane.qcow2", 0o644),
+        ("nodes/master1/disk.raw", 0o600),
+        ("nodes/worker1/config.ign", 0o600),
+    ] {
+        let m = std::fs::metadata(b.out.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "{p}");
+    }
+    // The role images carry no secret: no private key on their ESP or in their root.
+    for role in ["control-plane", "worker"] {
+        let raw = std::fs::read(b.out.join(format!("images/{role}.raw"))).unwrap();
+        assert!(
+            !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "{role}.raw holds a private key"
+        );
+    }
+}
+
+#[test]
+fn same_inputs_same_bytes_and_a_node_change_touches_only_its_esp() {
+    let b = built();
+    // Same inputs, same secrets: every artifact identical.
+    let tmp = tempfile::tempdir().unwrap();
+    let again = tmp.path().join("again");
+    let m2 = common::build(&b.cluster, &b.secrets, &again, true);
+    assert_eq!(
+        b.manifest.artifacts, m2.artifacts,
+        "two builds of the same inputs differ"
+    );
+
+    // master2 moves to another MAC: only master2's config and ESP change.
+    let text = std::fs::read_to_string(&b.cluster).unwrap();
+    let from = "52:54:00:00:00:12";
+    assert!(text.contains(from));
+    let changed = tmp.path().join("changed.toml");
+    std::fs::write(&changed, text.replacen(from, "52:54:00:00:00:99", 1)).unwrap();
+    let out3 = tmp.path().join("changed");
+    let m3 = common::build(&changed, &b.secrets, &out3, false);
+    let before: BTreeMap<&str, &str> = b
+        .manifest
+        .artifacts
+        .iter()
+        .map(|a| (a.path.as_str(), a.sha256.as_str()))
+        .collect();
+    let differing: Vec<&str> = m3
+        .artifacts
+        .iter()
+        .filter(|a| before.get(a.path.as_str()) != Some(&a.sha256.as_str()))
+        .map(|a| a.path.as_str())
+        .collect();
+    assert!(
+        differing.iter().all(|p| p.starts_with("nodes/master2/")),
+        "a change to master2 changed {differing:?}"
+    );
+    assert!(
+        differing.contains(&"nodes/master2/disk.raw"),
+        "{differing:?}"
+    );
+    assert!(differing.contains(&"nodes/master2/config.ign"));
+
+    // Inside master2's disk: the ESP and the partition tables differ, the root and hash
+    // partitions are byte-identical.
+    let old = b.out.join("nodes/master2/disk.raw");
+    let new = out3.join("nodes/master2/disk.raw");
+    let (po, pn) = (sfdisk_parts(&old), sfdisk_parts(&new));
+    for name in ["root-a", "root-a-verity", "root-b", "root-b-verity"] {
+        let (a, c) = (part(&po, name), part(&pn, name));
+        assert_eq!((a.start, a.size), (c.start, c.size));
+        assert!(
+            read_range(&old, a.start, a.size) == read_range(&new, c.start, c.size),
+            "{name} changed"
+        );
+    }
+    let (a, c) = (part(&po, "esp"), part(&pn, "esp"));
+    assert!(read_range(&old, a.start, a.size) != read_range(&new, c.start, c.size));
+}
+
+#[test]
+fn a_dynamic_or_missing_init_is_refused_and_the_output_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join("images")).unwrap();
+    std::fs::write(out.join("images/control-plane.raw"), b"previous").unwrap();
+    for (init, want) in [
+        (PathBuf::from("/bin/true"), "dynamically linked"),
+        (tmp.path().join("nope"), "make init"),
+    ] {
+        let opts = slipway::build::BuildOptions {
+            rootfs: common::offline_options(),
+            secrets_dir: tmp.path().join("secrets"),
+            init: init.clone(),
+            qcow2: false,
+            progress: false,
+        };
+        let e = slipway::build::build(&common::example(), &opts, &out).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains(&init.display().to_string()) && msg.contains(want),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read(out.join("images/control-plane.raw")).unwrap(),
+            b"previous"
+        );
+    }
+}
