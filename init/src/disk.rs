@@ -82,3 +82,18 @@ fn partition_node(sys: &Path, number: u32) -> Option<PathBuf> {
         (n.trim().parse::<u32>().ok()? == number).then(|| Path::new("/dev").join(e.file_name()))
     })
 }
+
+/// The EFI system partition on the disk that holds partition `part`.
+pub fn esp_of(part: &Path) -> Option<PathBuf> {
+    const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    let name = part.file_name()?.to_string_lossy().into_owned();
+    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
+    let disk_sys = sys.parent()?;
+    let disk = Path::new("/dev").join(disk_sys.file_name()?);
+    let table = gpt::GptConfig::new().writable(false).open(&disk).ok()?;
+    table
+        .partitions()
+        .iter()
+        .find(|(_, p)| p.part_type_guid.guid.to_string().eq_ignore_ascii_case(ESP))
+        .and_then(|(n, _)| partition_node(disk_sys, *n))
+}

@@ -9,6 +9,8 @@
 
 mod cmdline;
 mod disk;
+mod firstboot;
+mod ignition;
 mod log;
 mod root;
 mod verity;
@@ -57,7 +59,17 @@ fn run() -> Result<(), String> {
     root::mount_root(&mapped, SYSROOT)?;
     step(&format!("root mounted read-only at {SYSROOT}"));
     root::writable_layers(SYSROOT)?;
-    step("volatile /etc, /opt and /var layers in place");
+    step("volatile /etc, /opt, /home, /root and /var layers in place");
+
+    let esp = disk::esp_of(data_dev);
+    match firstboot::find_config(esp.as_deref()) {
+        Some((config, source)) => {
+            firstboot::apply(&config, &source, std::path::Path::new(SYSROOT))?
+        }
+        None => {
+            step("no Ignition config found (ESP, MAC bundle, fw_cfg): booting the image as it is")
+        }
+    }
 
     step(&format!("switching root to {}", args.init));
     root::switch_root(SYSROOT, &args.init)

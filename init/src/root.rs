@@ -69,13 +69,13 @@ pub fn mount_root(dev: &Path, at: &str) -> Result<(), String> {
 }
 
 /// Writable layers over the read-only root, kept in /run until the state partition
-/// exists: /etc and /opt as overlays (upper layer writable), /var as a copy of the
+/// exists: /etc, /opt, /home and /root as overlays (upper layer writable), /var as a copy of the
 /// image's /var on a writable filesystem (containerd's overlay snapshots cannot live on
 /// an overlay).
 pub fn writable_layers(sysroot: &str) -> Result<(), String> {
     let state = "/run/slipway/state";
     std::fs::create_dir_all(state).map_err(|e| format!("creating {state}: {e}"))?;
-    for dir in ["etc", "opt"] {
+    for dir in ["etc", "opt", "home", "root"] {
         let lower = format!("{sysroot}/{dir}");
         let upper = format!("{state}/{dir}.upper");
         let work = format!("{state}/{dir}.work");
