@@ -1,7 +1,8 @@
 //! A node's disk from `slipway build` under UEFI firmware: OVMF boots the UKI from the
 //! ESP, slipway-init opens the root through dm-verity, applies the node's Ignition config
-//! from the ESP and hands over to systemd, which reaches multi-user with no failed unit
-//! and shows `master1 login:` on the serial console. A disk with one flipped byte in its
+//! from the ESP on a state partition it makes in the disk's free space, and hands over to
+//! systemd, which shows `master1 login:` on the serial console with no failed unit; a
+//! second boot of the same disk mounts that state and does not apply the config again. A disk with one flipped byte in its
 //! root partition stops in slipway-init with a message instead, and so does a config
 //! (from QEMU's fw_cfg) with a field slipway-init does not support.
 #![allow(clippy::unwrap_used)]
@@ -31,6 +32,13 @@ fn built() -> &'static PathBuf {
 fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
     let dir = harness::work_dir("boot-master1");
     let disk = harness::disk_copy(&built().join("nodes/master1/disk.raw"), &dir, "master1");
+    // A 3 GiB disk: the image, and room for the state partition first boot makes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
     let mut vm = Vm::start(
         VmConfig {
             name: "master1",
@@ -65,7 +73,10 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
         "root partition /dev/vda2",
         "dm-verity device /dev/dm-0 opened",
         "root mounted read-only",
+        "state partition /dev/vda6 created",
+        "writable /etc, /opt, /home, /root and /var on the state partition",
         "Ignition config from /dev/vda1:/slipway/config.ign applied: 1 users",
+        "first boot done",
     ] {
         assert!(
             console.contains(step),
@@ -77,6 +88,37 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
     assert!(
         failed.is_empty(),
         "failed units before the login prompt: {failed:?} (log {})",
+        vm.log.display()
+    );
+    vm.kill();
+
+    // Second boot of the same disk: the state partition is found, first boot is not
+    // run again.
+    let mut vm = Vm::start(
+        VmConfig {
+            name: "master1-boot2",
+            disk: &disk,
+            memory_mib: 1024,
+            cpus: 2,
+            extra: vec![],
+        },
+        &dir,
+    );
+    let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
+    let console = vm.console();
+    eprintln!(
+        "master1 second boot: login prompt at {:.1} s",
+        login.as_secs_f64()
+    );
+    assert!(
+        console.contains("state partition /dev/vda6 mounted")
+            && console.contains("not the first boot: the Ignition config is not applied again"),
+        "second boot did not keep its state (log {})",
+        vm.log.display()
+    );
+    assert!(
+        !console.contains("Ignition config from") && !console.contains("created ("),
+        "second boot ran first boot again (log {})",
         vm.log.display()
     );
 }

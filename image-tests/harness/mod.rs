@@ -160,6 +160,8 @@ impl Vm {
                 cfg.disk.display()
             ))
             .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+            // Entropy from the host, as most hypervisors offer.
+            .args(["-device", "virtio-rng-pci"])
             .arg("-serial")
             .arg(format!("file:{}", log.display()));
         if !cfg.extra.iter().any(|a| a == "-nic" || a == "-netdev") {

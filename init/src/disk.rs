@@ -76,7 +76,7 @@ fn scan() -> Vec<(Uuid, PathBuf)> {
 }
 
 /// The device node of partition `number` of the disk at sysfs directory `sys`.
-fn partition_node(sys: &Path, number: u32) -> Option<PathBuf> {
+pub fn partition_node(sys: &Path, number: u32) -> Option<PathBuf> {
     std::fs::read_dir(sys).ok()?.flatten().find_map(|e| {
         let n = std::fs::read_to_string(e.path().join("partition")).ok()?;
         (n.trim().parse::<u32>().ok()? == number).then(|| Path::new("/dev").join(e.file_name()))

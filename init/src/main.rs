@@ -13,6 +13,7 @@ mod firstboot;
 mod ignition;
 mod log;
 mod root;
+mod state;
 mod verity;
 
 use std::time::Duration;
@@ -58,17 +59,31 @@ fn run() -> Result<(), String> {
 
     root::mount_root(&mapped, SYSROOT)?;
     step(&format!("root mounted read-only at {SYSROOT}"));
-    root::writable_layers(SYSROOT)?;
-    step("volatile /etc, /opt, /home, /root and /var layers in place");
+    let state = state::setup(data_dev, SYSROOT)?;
+    root::writable_layers(SYSROOT, &state.dir)?;
+    step(&format!(
+        "writable /etc, /opt, /home, /root and /var on {}",
+        if state.persistent {
+            "the state partition"
+        } else {
+            "memory (no state partition)"
+        }
+    ));
 
-    let esp = disk::esp_of(data_dev);
-    match firstboot::find_config(esp.as_deref()) {
-        Some((config, source)) => {
-            firstboot::apply(&config, &source, std::path::Path::new(SYSROOT))?
+    if state.first_boot {
+        let esp = disk::esp_of(data_dev);
+        match firstboot::find_config(esp.as_deref()) {
+            Some((config, source)) => {
+                firstboot::apply(&config, &source, std::path::Path::new(SYSROOT))?
+            }
+            None => step(
+                "no Ignition config found (ESP, MAC bundle, fw_cfg): booting the image as it is",
+            ),
         }
-        None => {
-            step("no Ignition config found (ESP, MAC bundle, fw_cfg): booting the image as it is")
-        }
+        state.mark_first_boot_done()?;
+        step("first boot done");
+    } else {
+        step("not the first boot: the Ignition config is not applied again");
     }
 
     step(&format!("switching root to {}", args.init));

@@ -68,13 +68,12 @@ pub fn mount_root(dev: &Path, at: &str) -> Result<(), String> {
     )
 }
 
-/// Writable layers over the read-only root, kept in /run until the state partition
-/// exists: /etc, /opt, /home and /root as overlays (upper layer writable), /var as a copy of the
-/// image's /var on a writable filesystem (containerd's overlay snapshots cannot live on
-/// an overlay).
-pub fn writable_layers(sysroot: &str) -> Result<(), String> {
-    let state = "/run/slipway/state";
-    std::fs::create_dir_all(state).map_err(|e| format!("creating {state}: {e}"))?;
+/// Writable layers over the read-only root, kept in `state` (the state partition, or
+/// /run when there is none): /etc, /opt, /home and /root as overlays (upper layer
+/// writable), /var as a copy of the image's /var made on first boot (containerd's overlay
+/// snapshots cannot live on an overlay).
+pub fn writable_layers(sysroot: &str, state: &Path) -> Result<(), String> {
+    let state = state.to_string_lossy();
     for dir in ["etc", "opt", "home", "root"] {
         let lower = format!("{sysroot}/{dir}");
         let upper = format!("{state}/{dir}.upper");
