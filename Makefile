@@ -56,7 +56,8 @@ unit-test: deps init
 image-test: deps init test-fixtures
 	$(CARGO) test --locked --test boot_node
 
-bench: deps test-fixtures
+bench: deps init test-fixtures
+	@scripts/install-deps.sh --bench
 	$(CARGO) bench --locked
 
 clean:

@@ -20,6 +20,12 @@ APT_PACKAGES=(
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
 )
+# `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
+# 12 version needs to build a verity disk, benches/mkosi/run.sh).
+if [ "${1:-}" = "--bench" ]; then
+    APT_PACKAGES=(mkosi systemd-container debootstrap squashfs-tools cryptsetup-bin
+        dosfstools mtools fdisk zstd binutils)
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

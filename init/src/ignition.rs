@@ -423,7 +423,7 @@ fn read_db(root: &Path, name: &str) -> Result<Vec<Vec<String>>, String> {
 fn write_db(root: &Path, name: &str, rows: &[Vec<String>], mode: u32) -> Result<(), String> {
     let p = root.join("etc").join(name);
     let text: String = rows.iter().map(|r| r.join(":") + "\n").collect();
-    write_file(&p, text.as_bytes(), mode)
+    write_db_file(&p, text.as_bytes(), mode)
 }
 
 fn write_file(p: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
@@ -432,6 +432,19 @@ fn write_file(p: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Rewrites an account database in place of the old one, keeping its owner and mode
+/// (shadow and gshadow belong to group shadow).
+fn write_db_file(p: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let old = std::fs::metadata(p).ok();
+    let mode = old.as_ref().map_or(mode, |m| m.mode() & 0o7777);
+    write_file(p, bytes, mode)?;
+    if let Some(m) = old {
+        lchown(p, Some(m.uid()), Some(m.gid())).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 impl Accounts {
@@ -461,14 +474,14 @@ impl Accounts {
             .find(|r| r[0] == name)
             .and_then(|r| r.get(2)?.parse().ok())
     }
-    /// The first free id from 1000 (useradd's UID_MIN) in `table`.
-    fn free(table: &[Vec<String>], also: &[Vec<String>]) -> u32 {
-        let used: std::collections::BTreeSet<u32> = table
+    /// The next id after the highest in use from `min` up (as useradd picks them).
+    fn free(table: &[Vec<String>], min: u32) -> u32 {
+        table
             .iter()
-            .chain(also)
-            .filter_map(|r| r.get(2)?.parse().ok())
-            .collect();
-        (1000..60000).find(|i| !used.contains(i)).unwrap_or(60000)
+            .filter_map(|r| r.get(2)?.parse::<u32>().ok())
+            .filter(|&i| (min..60000).contains(&i))
+            .max()
+            .map_or(min, |m| m + 1)
     }
     fn resolve(&self, o: &Owner, user: bool) -> Result<u32, String> {
         match o {
@@ -480,6 +493,53 @@ impl Accounts {
                     if user { "user" } else { "group" }
                 )
             }),
+        }
+    }
+}
+
+/// useradd's defaults as the new root configures them (login.defs, default/useradd), so
+/// users come out as `useradd --root` (what Ignition runs) would make them.
+struct Defaults {
+    home_mode: u32,
+    user_groups: bool,
+    group: u32,
+    shell: String,
+    skel: String,
+    uid_min: u32,
+}
+
+impl Defaults {
+    fn read(root: &Path) -> Defaults {
+        let kv = |file: &str, sep: fn(&str) -> Option<(&str, &str)>| -> Vec<(String, String)> {
+            std::fs::read_to_string(root.join(file))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .filter_map(|l| {
+                    sep(l.trim()).map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect()
+        };
+        let defs = kv("etc/login.defs", |l| l.split_once(char::is_whitespace));
+        let ua = kv("etc/default/useradd", |l| l.split_once('='));
+        let get = |v: &[(String, String)], k: &str| {
+            v.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
+        };
+        let octal = |s: String| u32::from_str_radix(s.trim_start_matches('0'), 8).ok();
+        let umask = get(&defs, "UMASK").and_then(octal).unwrap_or(0o022);
+        Defaults {
+            home_mode: get(&defs, "HOME_MODE")
+                .and_then(octal)
+                .unwrap_or(0o777 & !umask),
+            user_groups: get(&defs, "USERGROUPS_ENAB").is_some_and(|v| v == "yes"),
+            group: get(&ua, "GROUP")
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(100),
+            shell: get(&ua, "SHELL").unwrap_or_else(|| "/bin/sh".into()),
+            skel: get(&ua, "SKEL").unwrap_or_else(|| "/etc/skel".into()),
+            uid_min: get(&defs, "UID_MIN")
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(1000),
         }
     }
 }
@@ -507,6 +567,7 @@ fn exists(p: &Path) -> bool {
 /// Applies `ops` (from [`plan`]) to the root at `root`.
 pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
     let mut acc = Accounts::load(root)?;
+    let defaults = Defaults::read(root);
     let mut done = Applied::default();
     // 1. groups and users
     for op in ops {
@@ -517,7 +578,7 @@ pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
         } = op
         {
             if acc.gid(name).is_none() {
-                let gid = gid.unwrap_or_else(|| Accounts::free(&acc.group, &[]));
+                let gid = gid.unwrap_or_else(|| Accounts::free(&acc.group, defaults.uid_min));
                 acc.group.push(vec![
                     name.clone(),
                     "x".into(),
@@ -526,7 +587,7 @@ pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
                 ]);
                 acc.gshadow.push(vec![
                     name.clone(),
-                    password_hash.clone().unwrap_or("!".into()),
+                    password_hash.clone().unwrap_or("*".into()),
                     String::new(),
                     String::new(),
                 ]);
@@ -544,13 +605,15 @@ pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
                 row.get(5).cloned().unwrap_or_default(),
             )
         } else {
-            let uid = u.uid.unwrap_or_else(|| Accounts::free(&acc.passwd, &[]));
+            let uid = u
+                .uid
+                .unwrap_or_else(|| Accounts::free(&acc.passwd, defaults.uid_min));
             let gid = if let Some(g) = &u.primary_group {
                 acc.gid(g)
                     .ok_or_else(|| format!("user {}: no group {g}", u.name))?
-            } else if u.user_group {
+            } else if u.user_group && defaults.user_groups {
                 let gid = if acc.group.iter().any(|r| r.get(2) == Some(&uid.to_string())) {
-                    Accounts::free(&acc.group, &[])
+                    Accounts::free(&acc.group, defaults.uid_min)
                 } else {
                     uid
                 };
@@ -568,13 +631,13 @@ pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
                 ]);
                 gid
             } else {
-                100
+                defaults.group
             };
             let home = u
                 .home
                 .clone()
                 .unwrap_or_else(|| format!("/home/{}", u.name));
-            let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
+            let shell = u.shell.clone().unwrap_or_else(|| defaults.shell.clone());
             acc.passwd.push(vec![
                 u.name.clone(),
                 "x".into(),
@@ -584,7 +647,8 @@ pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
                 home.clone(),
                 shell,
             ]);
-            let hash = u.password_hash.clone().unwrap_or_else(|| "!".into());
+            // No hash: "*", no password login (what Ignition passes to useradd).
+            let hash = u.password_hash.clone().unwrap_or_else(|| "*".into());
             acc.shadow.push(vec![
                 u.name.clone(),
                 hash,
@@ -640,9 +704,14 @@ pub fn apply(ops: &[Op], root: &Path) -> Result<Applied, String> {
         let h = root.join(home.trim_start_matches('/'));
         if u.create_home && !exists(&h) {
             std::fs::create_dir_all(&h).map_err(|e| format!("{}: {e}", h.display()))?;
-            std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o700))
+            std::fs::set_permissions(&h, std::fs::Permissions::from_mode(defaults.home_mode))
                 .map_err(|e| format!("{}: {e}", h.display()))?;
-            copy_skel(&root.join("etc/skel"), &h, uid, gid)?;
+            copy_skel(
+                &root.join(defaults.skel.trim_start_matches('/')),
+                &h,
+                uid,
+                gid,
+            )?;
             lchown(&h, Some(uid), Some(gid)).map_err(|e| format!("{}: {e}", h.display()))?;
         }
         if !u.keys.is_empty() {
@@ -829,6 +898,10 @@ mod tests {
         w("gshadow", "root:*::\nsudo:*::\n");
         w("skel/.profile", "# profile\n");
         w("hostname", "localhost\n");
+        w(
+            "login.defs",
+            "HOME_MODE\t0700\nUSERGROUPS_ENAB yes\nUID_MIN 1000\n",
+        );
         t
     }
 
@@ -885,13 +958,14 @@ mod tests {
         assert!(read("etc/passwd").contains("admin:x:1000:1000::/home/admin:/bin/bash\n"));
         assert!(read("etc/group").contains("sudo:x:27:admin\n"));
         assert!(read("etc/group").contains("admin:x:1000:\n"));
-        assert!(read("etc/shadow").contains("admin:!:::::::\n"));
+        assert!(read("etc/shadow").contains("admin:*:::::::\n"));
         assert_eq!(
             read("home/admin/.ssh/authorized_keys"),
             "ssh-ed25519 AAAA admin@x\n"
         );
         assert_eq!(mode("home/admin/.ssh/authorized_keys"), 0o600);
         assert_eq!(read("home/admin/.profile"), "# profile\n");
+        assert_eq!(mode("home/admin"), 0o700);
         let m = std::fs::metadata(r.join("home/admin/owned")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((m.uid(), m.gid()), (1000, 27));
         assert_eq!(

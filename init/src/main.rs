@@ -26,8 +26,41 @@ const SYSROOT: &str = "/sysroot";
 const MODULE_LIST: &str = "/etc/slipway/modules";
 
 fn main() {
+    if std::process::id() != 1 {
+        std::process::exit(tool(&std::env::args().collect::<Vec<_>>()));
+    }
     if let Err(e) = run() {
         fatal(&e);
+    }
+}
+
+/// Not PID 1: `slipway-init apply-ignition CONFIG ROOT` applies a config to a directory
+/// exactly as first boot does (tests compare it with Ignition's own files stage).
+fn tool(args: &[String]) -> i32 {
+    match args {
+        [_, cmd, config, root] if cmd == "apply-ignition" => {
+            let r = std::fs::read(config)
+                .map_err(|e| format!("{config}: {e}"))
+                .and_then(|bytes| ignition::parse(&bytes))
+                .and_then(|cfg| ignition::plan(&cfg))
+                .and_then(|ops| ignition::apply(&ops, std::path::Path::new(root)));
+            match r {
+                Ok(done) => {
+                    println!("{done:?}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("slipway-init: {e}");
+                    1
+                }
+            }
+        }
+        _ => {
+            eprintln!(
+                "usage: slipway-init apply-ignition CONFIG ROOT\n(as PID 1 of an initramfs it boots a Slipway node)"
+            );
+            2
+        }
     }
 }
 

@@ -80,6 +80,25 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every entry under `dir` (directories and symlinks included, symlinks not followed),
+/// relative, sorted.
+pub fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().to_owned());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The example cluster's text with one substitution applied (which must match).
 pub fn example_with(from: &str, to: &str) -> String {
     let text = std::fs::read_to_string(example()).unwrap();
