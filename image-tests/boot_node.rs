@@ -214,3 +214,78 @@ fn a_flipped_root_byte_stops_the_boot() {
         vm.log.display()
     );
 }
+
+#[test]
+fn master1_on_its_network_comes_up_running_with_its_services() {
+    let dir = harness::work_dir("boot-master1-net");
+    let key = harness::test_key(&dir);
+    // The example cluster with a test-only admin key.
+    let text = std::fs::read_to_string(common::example()).unwrap();
+    let start = text.find("ssh-ed25519 ").unwrap();
+    let end = start + text[start..].find('"').unwrap();
+    let cluster = dir.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        format!("{}{}{}", &text[..start], key.public, &text[end..]),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    common::build(&cluster, &dir.join("secrets"), &out, false);
+    let disk = harness::disk_copy(&out.join("nodes/master1/disk.raw"), &dir, "master1");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let port = harness::free_port();
+    let mut vm = Vm::start(
+        VmConfig {
+            name: "master1",
+            disk: &disk,
+            memory_mib: 1024,
+            cpus: 2,
+            extra: harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
+        },
+        &dir,
+    );
+    let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
+    let run = |cmd: &str| harness::ssh(&key, port, "admin", cmd, Duration::from_secs(120));
+    let (code, state) = run("sudo systemctl is-system-running --wait");
+    let running = vm.elapsed();
+    let (_, failed) = run("systemctl --failed --no-legend --plain");
+    assert!(
+        code == 0 && state.trim() == "running",
+        "system state {state:?}, failed units: {failed} (log {})",
+        vm.log.display()
+    );
+    assert_eq!(failed.trim(), "", "failed units");
+    assert_eq!(run("hostname").1.trim(), "master1");
+    let (_, addrs) = run("ip -4 -o addr show");
+    assert!(
+        addrs.contains("192.168.1.11/24"),
+        "static address missing: {addrs}"
+    );
+    assert!(
+        addrs.contains("192.168.1.100/"),
+        "keepalived (alone, priority 100) does not hold the VIP: {addrs}"
+    );
+    let (code, active) = run("systemctl is-active containerd haproxy keepalived");
+    assert_eq!(code, 0, "not all active: {active}");
+    let (_, root) = run("findmnt -no SOURCE,FSTYPE,OPTIONS /");
+    assert!(
+        root.contains("squashfs")
+            && root.contains(" ro")
+            && (root.contains("/dev/mapper/root") || root.contains("/dev/dm-0")),
+        "root is not the read-only verity squashfs: {root}"
+    );
+    let (_, dm) = run("cat /sys/block/dm-0/dm/name; ls /sys/block/dm-0/slaves");
+    eprintln!(
+        "master1 on its network ({}): login prompt {:.1} s, system running {:.1} s after power-on; root {}; dm {}",
+        harness::accel(),
+        login.as_secs_f64(),
+        running.as_secs_f64(),
+        root.trim(),
+        dm.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+}

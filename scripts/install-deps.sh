@@ -19,6 +19,7 @@ APT_PACKAGES=(
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
+    openssh-client
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).

@@ -248,3 +248,106 @@ pub fn disk_copy(disk: &Path, dir: &Path, name: &str) -> PathBuf {
     assert!(st.success(), "copying {}", disk.display());
     to
 }
+
+/// A test-only SSH key pair (OpenSSH's ssh-keygen), for Ignition to put on the node.
+pub struct TestKey {
+    pub private: PathBuf,
+    pub public: String,
+}
+
+pub fn test_key(dir: &Path) -> TestKey {
+    let private = dir.join("id_ed25519");
+    let _ = std::fs::remove_file(&private);
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "slipway-image-test",
+            "-f",
+        ])
+        .arg(&private)
+        .status()
+        .expect("ssh-keygen (openssh-client; make deps installs it)");
+    assert!(st.success());
+    let public = std::fs::read_to_string(private.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    TestKey { private, public }
+}
+
+/// A free TCP port on 127.0.0.1 (for QEMU's hostfwd).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// QEMU arguments for one NIC on a user-mode network that reaches nothing (restrict=on)
+/// but forwards 127.0.0.1:`ssh_port` to the guest's `guest_ip`:22. The network is the
+/// guest's own /24, so its static address works unchanged.
+pub fn isolated_nic(mac: &str, guest_ip: &str, ssh_port: u16) -> Vec<String> {
+    let net = guest_ip.rsplit_once('.').map(|(n, _)| n).unwrap();
+    vec![
+        "-netdev".into(),
+        format!(
+            "user,id=n0,restrict=on,net={net}.0/24,host={net}.2,hostfwd=tcp:127.0.0.1:{ssh_port}-{guest_ip}:22"
+        ),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={mac}"),
+    ]
+}
+
+/// Runs `command` on the VM over SSH (the host's OpenSSH client) as `user`; retries the
+/// connection for up to `timeout`. Returns (exit status, stdout).
+pub fn ssh(
+    key: &TestKey,
+    port: u16,
+    user: &str,
+    command: &str,
+    timeout: Duration,
+) -> (i32, String) {
+    let start = Instant::now();
+    loop {
+        let o = Command::new("ssh")
+            .arg("-i")
+            .arg(&key.private)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(command)
+            .output()
+            .expect("ssh (openssh-client)");
+        let code = o.status.code().unwrap_or(-1);
+        // 255: ssh itself failed (not up yet); anything else is the command's status.
+        if code != 255 {
+            return (code, String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "ssh {user}@127.0.0.1:{port} did not connect within {} s: {}",
+                timeout.as_secs(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
