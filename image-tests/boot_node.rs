@@ -31,14 +31,13 @@ fn built() -> &'static PathBuf {
 #[test]
 fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
     let dir = harness::work_dir("boot-master1");
-    let disk = harness::disk_copy(&built().join("nodes/master1/disk.raw"), &dir, "master1");
     // A 3 GiB disk: the image, and room for the state partition first boot makes.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
+    let disk = harness::grown_copy(
+        &built().join("nodes/master1/disk.raw"),
+        &dir,
+        "master1",
+        3 << 30,
+    );
     let mut vm = Vm::start(
         VmConfig {
             name: "master1",

@@ -351,3 +351,29 @@ pub fn ssh(
         std::thread::sleep(Duration::from_secs(2));
     }
 }
+
+/// The example cluster with `key` as the admin's only SSH key, written into `dir`.
+pub fn example_with_key(example: &Path, key: &TestKey, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(example).unwrap();
+    let start = text.find("ssh-ed25519 ").unwrap();
+    let end = start + text[start..].find('"').unwrap();
+    let cluster = dir.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        format!("{}{}{}", &text[..start], key.public, &text[end..]),
+    )
+    .unwrap();
+    cluster
+}
+
+/// A sparse copy of a node disk grown to `bytes` (room for the state partition).
+pub fn grown_copy(disk: &Path, dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let copy = disk_copy(disk, dir, name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    copy
+}

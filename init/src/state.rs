@@ -40,6 +40,24 @@ impl State {
     }
 }
 
+/// Removes everything on the state filesystem mounted at `dir` (but not lost+found).
+fn reset(dir: &Path) -> Result<(), String> {
+    for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+        if e.file_name() == "lost+found" {
+            continue;
+        }
+        let p = e.path();
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| format!("resetting {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs `prog` (a path inside `sysroot`) with the root's loader and libraries.
 fn root_tool(sysroot: &str, prog: &str, args: &[&str]) -> Result<(), String> {
     let loader = format!("{sysroot}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
@@ -155,11 +173,16 @@ pub fn setup(root_part: &Path, sysroot: &str) -> Result<State, String> {
         })?;
         mount_state(&dev)?;
         let first_boot = !Path::new(MOUNT).join(MARKER).exists();
+        if first_boot {
+            // A first boot that did not finish: nothing of value is here yet, and a
+            // half-applied config must not be built upon. Start again from empty.
+            reset(Path::new(MOUNT))?;
+        }
         step(&format!(
             "state partition {} mounted{}",
             dev.display(),
             if first_boot {
-                " (first boot not finished before: running it again)"
+                " (an earlier first boot did not finish: state reset, running it again)"
             } else {
                 ""
             }
@@ -333,5 +356,22 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let out = String::from_utf8_lossy(&v.stdout);
         assert!(out.contains("No problems found"), "{out}");
+    }
+
+    #[test]
+    fn reset_empties_all_but_lost_and_found() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for d in ["lost+found", "etc.upper/x", "var/lib"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(dir.path().join("var/lib/f"), "x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("stray"), "x").unwrap_or_else(|e| panic!("{e}"));
+        reset(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("lost+found")]);
     }
 }
