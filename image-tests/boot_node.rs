@@ -12,6 +12,7 @@ mod common;
 mod harness;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -286,5 +287,58 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
         running.as_secs_f64(),
         root.trim(),
         dm.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+}
+
+#[test]
+fn one_role_image_picks_its_config_by_mac_from_a_bundle() {
+    let dir = harness::work_dir("boot-mac-bundle");
+    let disk = harness::grown_copy(
+        &built().join("images/control-plane.raw"),
+        &dir,
+        "bundle",
+        3 << 30,
+    );
+    // A bundle on the role image's ESP: master2's config under its MAC, and master3's
+    // (which must not be picked).
+    let esp = common::sfdisk_parts(&disk)
+        .into_iter()
+        .find(|p| p.name == "esp")
+        .unwrap();
+    let img = format!("{}@@{}", disk.display(), esp.start);
+    common::check(Command::new("mmd").args(["-i", &img, "::/slipway", "::/slipway/configs"]));
+    for (node, mac) in [
+        ("master2", "52-54-00-00-00-12"),
+        ("master3", "52-54-00-00-00-13"),
+    ] {
+        common::check(
+            Command::new("mcopy")
+                .args(["-i", &img])
+                .arg(built().join(format!("nodes/{node}/config.ign")))
+                .arg(format!("::/slipway/configs/{mac}.ign")),
+        );
+    }
+    let mut vm = Vm::start(
+        VmConfig {
+            name: "bundle",
+            disk: &disk,
+            memory_mib: 1024,
+            cpus: 2,
+            extra: harness::isolated_nic("52:54:00:00:00:12", "192.168.1.12", harness::free_port()),
+        },
+        &dir,
+    );
+    let login = vm.wait_for("master2 login: ", Duration::from_secs(300), true);
+    let console = vm.console();
+    eprintln!(
+        "role image with a MAC bundle: master2 login prompt at {:.1} s",
+        login.as_secs_f64()
+    );
+    assert!(
+        console.contains(
+            "Ignition config from /dev/vda1:/slipway/configs/52-54-00-00-00-12.ign applied"
+        ),
+        "the config was not picked by MAC (log {})",
+        vm.log.display()
     );
 }

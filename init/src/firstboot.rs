@@ -1,8 +1,9 @@
 //! First boot: find the node's Ignition config and apply it to the new root.
 //!
 //! Sources, first found wins: `slipway/config.ign` on the boot disk's ESP (a node disk
-//! from `slipway build`); `slipway/configs/MAC.ign` there (one image for many nodes, MAC
-//! of any interface, lower case with colons); QEMU's fw_cfg `opt/com.coreos/config`.
+//! from `slipway build`); `slipway/configs/MAC.ign` there (one image for many nodes: the
+//! MAC of any interface, lower case with dashes, since FAT names cannot hold colons);
+//! QEMU's fw_cfg `opt/com.coreos/config`.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -42,18 +43,30 @@ fn read_esp_file(esp: &Path, path: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The MACs of the network interfaces, as file names ("52-54-00-00-00-11"). NIC drivers
+/// were loaded with the other modules; their interfaces may take a moment to appear.
 fn macs() -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
-                .map(|m| m.trim().to_lowercase())
-                .filter(|m| m != "00:00:00:00:00:00")
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    let read = || -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+                    .map(|m| m.trim().to_lowercase().replace(':', "-"))
+                    .filter(|m| m != "00-00-00-00-00-00")
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    for _ in 0..30 {
+        let m = read();
+        if !m.is_empty() {
+            return m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Vec::new()
 }
 
 const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config/raw";
