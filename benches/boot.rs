@@ -12,8 +12,6 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Vm, VmConfig};
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test --benches` smoke run: this bench needs `make bench`.
@@ -32,14 +30,10 @@ fn main() {
             3 << 30,
         );
         let port = harness::free_port();
-        let mut vm = Vm::start(
-            VmConfig {
-                name: &format!("master1-{i}"),
-                disk: &disk,
-                memory_mib: 1024,
-                cpus: 2,
-                extra: harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
-            },
+        let mut vm = harness::boot(
+            &format!("master1-{i}"),
+            &disk,
+            harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
             &dir,
         );
         let init = vm.wait_for("slipway-init started", Duration::from_secs(300), true);

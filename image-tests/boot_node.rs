@@ -16,8 +16,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::{Vm, VmConfig};
-
 fn built() -> &'static PathBuf {
     static B: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &B.get_or_init(|| {
@@ -39,16 +37,7 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
         "master1",
         3 << 30,
     );
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "master1",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 2,
-            extra: vec![],
-        },
-        &dir,
-    );
+    let mut vm = harness::boot("master1", &disk, vec![], &dir);
     let handover = vm.wait_for("slipway-init", Duration::from_secs(120), true);
     let switched = vm.wait_for(
         "switching root to /sbin/init",
@@ -94,16 +83,7 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
 
     // Second boot of the same disk: the state partition is found, first boot is not
     // run again.
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "master1-boot2",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 2,
-            extra: vec![],
-        },
-        &dir,
-    );
+    let mut vm = harness::boot("master1-boot2", &disk, vec![], &dir);
     let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
     let console = vm.console();
     eprintln!(
@@ -138,17 +118,13 @@ fn an_unsupported_config_field_stops_the_boot_naming_it() {
         r#"{"ignition":{"version":"3.3.0"},"storage":{"filesystems":[{"device":"/dev/vdb","format":"ext4"}]}}"#,
     )
     .unwrap();
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "unsupported",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 2,
-            extra: vec![
-                "-fw_cfg".into(),
-                format!("name=opt/com.coreos/config,file={}", cfg.display()),
-            ],
-        },
+    let mut vm = harness::boot(
+        "unsupported",
+        &disk,
+        vec![
+            "-fw_cfg".into(),
+            format!("name=opt/com.coreos/config,file={}", cfg.display()),
+        ],
         &dir,
     );
     vm.wait_for(
@@ -185,16 +161,7 @@ fn a_flipped_root_byte_stops_the_boot() {
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[byte ^ 0x40]).unwrap();
     drop(f);
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "flipped",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 2,
-            extra: vec![],
-        },
-        &dir,
-    );
+    let mut vm = harness::boot("flipped", &disk, vec![], &dir);
     vm.wait_for(
         "FATAL: the boot stops here",
         Duration::from_secs(300),
@@ -220,15 +187,7 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
     let dir = harness::work_dir("boot-master1-net");
     let key = harness::test_key(&dir);
     // The example cluster with a test-only admin key.
-    let text = std::fs::read_to_string(common::example()).unwrap();
-    let start = text.find("ssh-ed25519 ").unwrap();
-    let end = start + text[start..].find('"').unwrap();
-    let cluster = dir.join("cluster.toml");
-    std::fs::write(
-        &cluster,
-        format!("{}{}{}", &text[..start], key.public, &text[end..]),
-    )
-    .unwrap();
+    let cluster = harness::example_with_key(&common::example(), &key, &dir);
     let out = dir.join("out");
     common::build(&cluster, &dir.join("secrets"), &out, false);
     let disk = harness::disk_copy(&out.join("nodes/master1/disk.raw"), &dir, "master1");
@@ -239,14 +198,10 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
         .set_len(3 << 30)
         .unwrap();
     let port = harness::free_port();
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "master1",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 2,
-            extra: harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
-        },
+    let mut vm = harness::boot(
+        "master1",
+        &disk,
+        harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
         &dir,
     );
     let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
@@ -318,14 +273,10 @@ fn one_role_image_picks_its_config_by_mac_from_a_bundle() {
                 .arg(format!("::/slipway/configs/{mac}.ign")),
         );
     }
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "bundle",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 2,
-            extra: harness::isolated_nic("52:54:00:00:00:12", "192.168.1.12", harness::free_port()),
-        },
+    let mut vm = harness::boot(
+        "bundle",
+        &disk,
+        harness::isolated_nic("52:54:00:00:00:12", "192.168.1.12", harness::free_port()),
         &dir,
     );
     let login = vm.wait_for("master2 login: ", Duration::from_secs(300), true);

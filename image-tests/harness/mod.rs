@@ -236,6 +236,20 @@ impl Drop for Vm {
     }
 }
 
+/// A node-sized VM (1 GiB, 2 vCPUs) booting `disk`, with `extra` QEMU arguments.
+pub fn boot(name: &str, disk: &Path, extra: Vec<String>, dir: &Path) -> Vm {
+    Vm::start(
+        VmConfig {
+            name,
+            disk,
+            memory_mib: 1024,
+            cpus: 2,
+            extra,
+        },
+        dir,
+    )
+}
+
 /// A sparse copy of `disk` for one VM to write to.
 pub fn disk_copy(disk: &Path, dir: &Path, name: &str) -> PathBuf {
     let to = dir.join(format!("{name}.raw"));

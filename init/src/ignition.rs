@@ -114,8 +114,10 @@ pub enum Owner {
     Name(String),
 }
 
-fn owner(id: Option<i64>, name: &Option<String>, field: &str) -> Result<Owner, String> {
-    match (id, name) {
+/// An owner from a node's `user` or `group` (id and name, both optional).
+fn owner(node: Option<(Option<i64>, Option<String>)>, field: &str) -> Result<Owner, String> {
+    let (id, name) = node.unwrap_or_default();
+    match (id, &name) {
         (Some(_), Some(_)) => Err(format!("{field}: both id and name are set")),
         (Some(i), None) => u32::try_from(i)
             .map(Owner::Id)
@@ -307,13 +309,11 @@ pub fn plan(cfg: &spec::Config) -> Result<Vec<Op>, String> {
                 path: d.path.clone(),
                 mode: mode(d.mode, 0o755, &f)?,
                 user: owner(
-                    d.user.as_ref().and_then(|x| x.id),
-                    &d.user.as_ref().and_then(|x| x.name.clone()),
+                    d.user.as_ref().map(|x| (x.id, x.name.clone())),
                     &format!("{f}.user"),
                 )?,
                 group: owner(
-                    d.group.as_ref().and_then(|x| x.id),
-                    &d.group.as_ref().and_then(|x| x.name.clone()),
+                    d.group.as_ref().map(|x| (x.id, x.name.clone())),
                     &format!("{f}.group"),
                 )?,
                 overwrite: d.overwrite == Some(true),
@@ -334,13 +334,11 @@ pub fn plan(cfg: &spec::Config) -> Result<Vec<Op>, String> {
                 contents: bytes,
                 mode: mode(file.mode, 0o644, &f)?,
                 user: owner(
-                    file.user.as_ref().and_then(|x| x.id),
-                    &file.user.as_ref().and_then(|x| x.name.clone()),
+                    file.user.as_ref().map(|x| (x.id, x.name.clone())),
                     &format!("{f}.user"),
                 )?,
                 group: owner(
-                    file.group.as_ref().and_then(|x| x.id),
-                    &file.group.as_ref().and_then(|x| x.name.clone()),
+                    file.group.as_ref().map(|x| (x.id, x.name.clone())),
                     &format!("{f}.group"),
                 )?,
                 overwrite: file.overwrite == Some(true),
@@ -358,13 +356,11 @@ pub fn plan(cfg: &spec::Config) -> Result<Vec<Op>, String> {
                 target,
                 hard: l.hard == Some(true),
                 user: owner(
-                    l.user.as_ref().and_then(|x| x.id),
-                    &l.user.as_ref().and_then(|x| x.name.clone()),
+                    l.user.as_ref().map(|x| (x.id, x.name.clone())),
                     &format!("{f}.user"),
                 )?,
                 group: owner(
-                    l.group.as_ref().and_then(|x| x.id),
-                    &l.group.as_ref().and_then(|x| x.name.clone()),
+                    l.group.as_ref().map(|x| (x.id, x.name.clone())),
                     &format!("{f}.group"),
                 )?,
                 overwrite: l.overwrite == Some(true),
