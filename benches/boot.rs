@@ -65,6 +65,7 @@ fn main() {
             "to_running_seconds": running.as_secs_f64(),
         }));
     }
+    harness::passed(&dir);
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&path).unwrap();
     std::fs::write(

@@ -101,6 +101,7 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
         "second boot ran first boot again (log {})",
         vm.log.display()
     );
+    harness::passed(&dir);
 }
 
 #[test]
@@ -144,6 +145,7 @@ fn an_unsupported_config_field_stops_the_boot_naming_it() {
         "booted anyway (log {})",
         vm.log.display()
     );
+    harness::passed(&dir);
 }
 
 #[test]
@@ -180,6 +182,7 @@ fn a_flipped_root_byte_stops_the_boot() {
         "the corrupted root was used (log {})",
         vm.log.display()
     );
+    harness::passed(&dir);
 }
 
 #[test]
@@ -243,6 +246,7 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
         root.trim(),
         dm.split_whitespace().collect::<Vec<_>>().join(" ")
     );
+    harness::passed(&dir);
 }
 
 #[test]
@@ -292,4 +296,5 @@ fn one_role_image_picks_its_config_by_mac_from_a_bundle() {
         "the config was not picked by MAC (log {})",
         vm.log.display()
     );
+    harness::passed(&dir);
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -109,6 +109,15 @@ fn step(progress: bool, msg: String) -> (ProgressBar, Instant) {
     } else {
         ProgressBar::hidden()
     };
+    spin(bar, msg)
+}
+
+/// A spinner for one step of a role, on the roles' shared progress display.
+fn role_step(mp: &MultiProgress, msg: String) -> (ProgressBar, Instant) {
+    spin(mp.add(ProgressBar::new_spinner()), msg)
+}
+
+fn spin(bar: ProgressBar, msg: String) -> (ProgressBar, Instant) {
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -155,72 +164,52 @@ pub fn build(
     roles.dedup();
     let images = out_dir.join("images");
     fs::create_dir_all(&images).map_err(|e| OutError::new("creating", &images, e))?;
+    // Lock entries first, one role after the other (resolving may rewrite the lock file,
+    // which two threads must not do at once).
+    for role in &roles {
+        rootfs::ensure_locked(role.as_str(), &opts.rootfs).map_err(|source| {
+            BuildError::Rootfs {
+                role: role.as_str().into(),
+                source,
+            }
+        })?;
+    }
+    // The roles are built side by side: each is mostly one thread of squashfs
+    // compression and hashing once its packages are unpacked.
+    let mp = MultiProgress::with_draw_target(if opts.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let shared = rootfs::SharedDebs::default();
+    let ctx = RoleContext {
+        shared: &shared,
+        opts,
+        init: &init,
+        images: &images,
+        epoch,
+        mp: &mp,
+    };
+    let built: Vec<RoleBuilt> = std::thread::scope(|s| {
+        let handles: Vec<_> = roles
+            .iter()
+            .map(|&role| {
+                let ctx = &ctx;
+                s.spawn(move || build_role(role, ctx))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Result<_, _>>()
+    })?;
     let mut disks: BTreeMap<Role, RoleDisk> = BTreeMap::new();
     let mut summaries = Vec::new();
-    for role in roles {
-        let name = role.as_str();
-        let (bar, t) = step(opts.progress, format!("{name}: root filesystem"));
-        let r = rootfs::build(name, &opts.rootfs).map_err(|source| BuildError::Rootfs {
-            role: name.into(),
-            source,
-        })?;
-        done(bar, t);
-        let (bar, t) = step(
-            opts.progress,
-            format!("{name}: squashfs, dm-verity, initramfs, UKI"),
-        );
-        let disk = RoleDisk::assemble(
-            &r.tree,
-            &RoleInputs {
-                name,
-                init: &init,
-                modules: &r.profile.initramfs_modules,
-                source_date_epoch: epoch,
-            },
-        )
-        .map_err(|reason| BuildError::Image {
-            role: name.into(),
-            reason,
-        })?;
-        done(bar, t);
-
-        let (bar, t) = step(opts.progress, format!("{name}: images/{name}.raw"));
-        let esp = disk.esp(None).map_err(|reason| BuildError::Image {
-            role: name.into(),
-            reason,
-        })?;
-        let raw = images.join(format!("{name}.raw"));
-        write_replacing(&raw, 0o644, |tmp| write_disk(tmp, &disk, &esp, name, 0o644))?;
-        let sbom = images.join(format!("{name}.tar"));
-        let sbom_text = serde_json::to_vec_pretty(&rootfs::sbom::spdx(
-            name,
-            &r.locked.codename,
-            &r.locked.packages,
-            epoch,
-        ))
-        .map_err(|e| OutError::new("serializing", &sbom, io::Error::other(e)))?;
-        let sbom = rootfs::sbom_path(&sbom);
-        fsutil::write_atomic(&sbom, &sbom_text, 0o644)
-            .map_err(|e| OutError::new("writing", &sbom, e))?;
-        if opts.qcow2 {
-            let qcow = images.join(format!("{name}.qcow2"));
-            write_replacing(&qcow, 0o644, |tmp| qcow2(&raw, tmp))?;
-        }
-        done(bar, t);
-        summaries.push(RoleSummary {
-            role: name.into(),
-            packages: r.locked.packages.len(),
-            kernel: disk.kernel_release.clone(),
-            cmdline: disk.cmdline.clone(),
-            root_hash: disk.verity.root_hash_hex(),
-            root_size: disk.root.len() as u64,
-            root_slot: disk.root_slot,
-            esp_size: disk.esp_size,
-            disk_size: disk.disk_size(),
-            initramfs_size: disk.initramfs_size,
-            initramfs_modules: disk.initramfs_modules.clone(),
-        });
-        disks.insert(role, disk);
+    let mut known: BTreeMap<String, Artifact> = BTreeMap::new();
+    for b in built {
+        summaries.push(b.summary);
+        known.extend(b.artifacts.into_iter().map(|a| (a.path.clone(), a)));
+        disks.insert(b.role, b.disk);
     }
 
     // 3. nodes: rendered files, config.ign and disk.raw, swapped in together
@@ -232,6 +221,7 @@ pub fn build(
             ignition: json,
         })
         .collect();
+    let node_hashes = std::sync::Mutex::new(Vec::new());
     out::write_nodes_with(out_dir, &outputs, &admin, |staged| {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let queue = std::sync::Mutex::new(rendered.iter());
@@ -249,7 +239,14 @@ pub fn build(
                             let esp = disk.esp(Some(json)).map_err(|e| {
                                 OutError::new("building", &path, io::Error::other(e))
                             })?;
-                            write_disk(&path, disk, &esp, &node.name, 0o600)?;
+                            let (size, sha256) = write_disk(&path, disk, &esp, &node.name, 0o600)?;
+                            if let Ok(mut v) = node_hashes.lock() {
+                                v.push(Artifact {
+                                    path: format!("nodes/{}/disk.raw", node.name),
+                                    size,
+                                    sha256,
+                                });
+                            }
                         }
                     })
                 })
@@ -259,6 +256,13 @@ pub fn build(
                 .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         })
     })?;
+    known.extend(
+        node_hashes
+            .into_inner()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.path.clone(), a)),
+    );
     done(bar, t);
 
     // 4. manifest
@@ -266,7 +270,7 @@ pub fn build(
         opts.progress,
         "manifest.json (SHA-256 of every artifact)".into(),
     );
-    let artifacts = hash_artifacts(out_dir)?;
+    let artifacts = hash_artifacts(out_dir, &known)?;
     let manifest = Manifest {
         cluster: cluster.name.clone(),
         source_date_epoch: epoch,
@@ -289,6 +293,112 @@ pub fn build(
     Ok(Manifest {
         seconds: started.elapsed().as_secs_f64(),
         ..manifest
+    })
+}
+
+/// What a role's build shares with the other roles'.
+struct RoleContext<'a> {
+    shared: &'a rootfs::SharedDebs,
+    opts: &'a BuildOptions,
+    init: &'a [u8],
+    images: &'a Path,
+    epoch: u64,
+    mp: &'a MultiProgress,
+}
+
+struct RoleBuilt {
+    role: Role,
+    disk: RoleDisk,
+    summary: RoleSummary,
+    /// The role's images, hashed as they were written.
+    artifacts: Vec<Artifact>,
+}
+
+/// One role: root tree, disk parts, `images/ROLE.{raw,qcow2,spdx.json}`.
+fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError> {
+    let name = role.as_str();
+    let image_err = |reason| BuildError::Image {
+        role: name.into(),
+        reason,
+    };
+    let (bar, t) = role_step(ctx.mp, format!("{name}: root filesystem"));
+    let r = rootfs::build_shared(name, &ctx.opts.rootfs, Some(ctx.shared)).map_err(|source| {
+        BuildError::Rootfs {
+            role: name.into(),
+            source,
+        }
+    })?;
+    done(bar, t);
+    let (bar, t) = role_step(
+        ctx.mp,
+        format!("{name}: squashfs, dm-verity, initramfs, UKI"),
+    );
+    let disk = RoleDisk::assemble(
+        &r.tree,
+        &RoleInputs {
+            name,
+            init: ctx.init,
+            modules: &r.profile.initramfs_modules,
+            source_date_epoch: ctx.epoch,
+        },
+    )
+    .map_err(image_err)?;
+    done(bar, t);
+
+    let (bar, t) = role_step(ctx.mp, format!("{name}: images/{name}.raw"));
+    let esp = disk.esp(None).map_err(image_err)?;
+    let raw = ctx.images.join(format!("{name}.raw"));
+    let mut hashed = (0, String::new());
+    write_replacing(&raw, 0o644, |tmp| {
+        hashed = write_disk(tmp, &disk, &esp, name, 0o644)?;
+        Ok(())
+    })?;
+    let mut artifacts = Vec::new();
+    let (size, sha256) = hashed;
+    artifacts.push(Artifact {
+        path: format!("images/{name}.raw"),
+        size,
+        sha256,
+    });
+    let sbom_text = serde_json::to_vec_pretty(&rootfs::sbom::spdx(
+        name,
+        &r.locked.codename,
+        &r.locked.packages,
+        ctx.epoch,
+    ))
+    .map_err(|e| OutError::new("serializing the SBOM of", &raw, io::Error::other(e)))?;
+    let sbom = rootfs::sbom_path(&ctx.images.join(format!("{name}.tar")));
+    fsutil::write_atomic(&sbom, &sbom_text, 0o644)
+        .map_err(|e| OutError::new("writing", &sbom, e))?;
+    if ctx.opts.qcow2 {
+        let qcow = ctx.images.join(format!("{name}.qcow2"));
+        write_replacing(&qcow, 0o644, |tmp| qcow2(&raw, tmp))?;
+        let (size, sha256) = hash_file(&qcow)?;
+        artifacts.push(Artifact {
+            path: format!("images/{name}.qcow2"),
+            size,
+            sha256,
+        });
+    }
+    done(bar, t);
+    let summary = RoleSummary {
+        role: name.into(),
+        packages: r.locked.packages.len(),
+        kernel: disk.kernel_release.clone(),
+        cmdline: disk.cmdline.clone(),
+        root_hash: disk.verity.root_hash_hex(),
+        root_size: disk.root.len() as u64,
+        root_slot: disk.root_slot,
+        esp_size: disk.esp_size,
+        disk_size: disk.disk_size(),
+        initramfs_size: disk.initramfs_size,
+        initramfs_modules: disk.initramfs_modules.clone(),
+    };
+    Ok(RoleBuilt {
+        role,
+        disk,
+        summary,
+        artifacts,
     })
 }
 
@@ -318,18 +428,29 @@ fn write_replacing(
 }
 
 /// Writes a disk of `disk`'s layout with `esp` as its ESP to a new file at `path`,
-/// sparse where the layout is empty, and flushes it.
+/// sparse where the layout is empty, flushes it, and returns its size and SHA-256. The
+/// disk is laid out in memory first and hashed there: reading a sparse file back makes
+/// the kernel zero every hole page.
 fn write_disk(
     path: &Path,
     disk: &RoleDisk,
     esp: &[u8],
     identity: &str,
     mode: u32,
-) -> Result<(), OutError> {
+) -> Result<(u64, String), OutError> {
+    use std::io::{Seek, SeekFrom, Write};
     let parts = disk.parts(esp);
     let size = gpt::disk_size(&parts);
-    let file = fs::OpenOptions::new()
-        .read(true)
+    let (image, _) = gpt::write(
+        io::Cursor::new(vec![0u8; size as usize]),
+        size,
+        disk.disk_guid(identity),
+        &parts,
+    )
+    .map_err(|e| OutError::new("laying out", path, io::Error::other(e)))?;
+    let image = image.into_inner();
+    let sha256 = hex::encode(Sha256::digest(&image));
+    let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
@@ -337,10 +458,18 @@ fn write_disk(
         .map_err(|e| OutError::new("creating", path, e))?;
     file.set_len(size)
         .map_err(|e| OutError::new("sizing", path, e))?;
-    let (file, _) = gpt::write(file, size, disk.disk_guid(identity), &parts)
-        .map_err(|e| OutError::new("writing", path, io::Error::other(e)))?;
+    const CHUNK: usize = 64 << 10;
+    for (i, chunk) in image.chunks(CHUNK).enumerate() {
+        if chunk.iter().all(|&b| b == 0) {
+            continue;
+        }
+        file.seek(SeekFrom::Start((i * CHUNK) as u64))
+            .and_then(|_| file.write_all(chunk))
+            .map_err(|e| OutError::new("writing", path, e))?;
+    }
     file.sync_all()
-        .map_err(|e| OutError::new("flushing", path, e))
+        .map_err(|e| OutError::new("flushing", path, e))?;
+    Ok((size, sha256))
 }
 
 /// `qemu-img convert` to qcow2: QEMU's own writer, so the result is what QEMU expects.
@@ -362,8 +491,12 @@ fn qcow2(raw: &Path, out: &Path) -> Result<(), OutError> {
 }
 
 /// Every file under `dir` (manifest.json itself excepted, temporary names skipped),
-/// sorted, with size and SHA-256; hashed on a few threads.
-fn hash_artifacts(dir: &Path) -> Result<Vec<Artifact>, OutError> {
+/// sorted, with size and SHA-256: taken from `known` (hashed as they were written) or
+/// hashed here on a few threads.
+fn hash_artifacts(
+    dir: &Path,
+    known: &BTreeMap<String, Artifact>,
+) -> Result<Vec<Artifact>, OutError> {
     let mut files = Vec::new();
     collect(dir, dir, &mut files)?;
     files.retain(|p| p != "manifest.json");
@@ -379,11 +512,14 @@ fn hash_artifacts(dir: &Path) -> Result<Vec<Artifact>, OutError> {
                     let Some((i, rel)) = queue.lock().ok().and_then(|mut q| q.next()) else {
                         return;
                     };
-                    let r = hash_file(&dir.join(rel)).map(|(size, sha256)| Artifact {
-                        path: rel.clone(),
-                        size,
-                        sha256,
-                    });
+                    let r = match known.get(rel) {
+                        Some(a) => Ok(a.clone()),
+                        None => hash_file(&dir.join(rel)).map(|(size, sha256)| Artifact {
+                            path: rel.clone(),
+                            size,
+                            sha256,
+                        }),
+                    };
                     if let Ok(mut v) = results.lock() {
                         v[i] = Some(r);
                     }

@@ -435,3 +435,47 @@ fn a_dynamic_or_missing_init_is_refused_and_the_output_kept() {
         );
     }
 }
+
+#[test]
+fn the_cli_prints_a_json_manifest_and_keeps_progress_off_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = tmp.path().join("cluster.toml");
+    std::fs::copy(common::example(), &cluster).unwrap();
+    let out = tmp.path().join("out");
+    let o = check(
+        Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .arg("--json")
+            .arg("build")
+            .arg(&cluster)
+            .arg("--out")
+            .arg(&out)
+            .arg("--no-qcow2")
+            .arg("--locked")
+            .arg("--mirror")
+            .arg("http://127.0.0.1:9")
+            .arg("--cache")
+            .arg(common::fixture("SLIPWAY_TEST_CACHE"))
+            .arg("--lock")
+            .arg(common::fixture("SLIPWAY_TEST_LOCK"))
+            .arg("--init")
+            .arg(common::init_binary())
+            .env("SOURCE_DATE_EPOCH", "1764000000"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(&o)));
+    let paths: Vec<&str> = v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"images/control-plane.raw"));
+    assert!(paths.contains(&"nodes/worker1/disk.raw"));
+    assert!(!paths.iter().any(|p| p.ends_with(".qcow2")), "--no-qcow2");
+    assert_eq!(v["roles"].as_array().unwrap().len(), 2);
+    // Same inputs through the CLI and the library: the same root hash.
+    assert_eq!(
+        v["roles"][0]["root_hash"].as_str().unwrap(),
+        built().manifest.roles[0].root_hash
+    );
+}

@@ -236,6 +236,22 @@ impl Drop for Vm {
     }
 }
 
+/// Called at the end of a passing test: removes the VM disks and firmware variables from
+/// `dir` (gigabytes) and keeps the console logs. A failing test never gets here, so its
+/// disks stay for inspection.
+pub fn passed(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "raw" || x == "fd") || p.join("nodes").is_dir() {
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
 /// A node-sized VM (1 GiB, 2 vCPUs) booting `disk`, with `extra` QEMU arguments.
 pub fn boot(name: &str, disk: &Path, extra: Vec<String>, dir: &Path) -> Vm {
     Vm::start(

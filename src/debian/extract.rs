@@ -73,8 +73,9 @@ pub fn control_of(origin: &str, deb: &[u8]) -> Result<Paragraph, String> {
 
 /// A .deb read into memory: control information and data entries in archive order.
 /// Reading is independent per package (and runs in parallel); laying the entries into a
-/// tree ([`Deb::apply`]) is done in install order.
-#[derive(Debug)]
+/// tree ([`Deb::apply`]) is done in install order. Cloning is cheap: file contents are
+/// shared.
+#[derive(Debug, Clone)]
 pub struct Deb {
     pub control: Paragraph,
     pub control_files: BTreeMap<String, Vec<u8>>,

@@ -10,6 +10,7 @@ pub mod sbom;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::debian::fetch::{Cache, FetchError, Want};
 use crate::debian::lock::{self, Lock, LockedPackage, LockedProfile};
@@ -249,6 +250,14 @@ fn fetch_locked(
     Ok(cache.ensure_all(&wants, "packages")?)
 }
 
+/// The profile's lock entry, resolved (and the lock file written) when missing or stale
+/// and `opts.locked` allows it; nothing is downloaded.
+pub fn ensure_locked(profile_name: &str, opts: &Options) -> Result<bool, RootfsError> {
+    let profile = ImageProfile::load(&opts.data.root, profile_name)?;
+    let cache = Cache::new(&opts.cache);
+    Ok(locked_profile(&profile, opts, &cache)?.1)
+}
+
 /// `slipway fetch`: the profile's packages into the cache, for building offline later.
 pub fn fetch(profile_name: &str, opts: &Options) -> Result<(LockedProfile, bool), RootfsError> {
     let profile = ImageProfile::load(&opts.data.root, profile_name)?;
@@ -260,6 +269,15 @@ pub fn fetch(profile_name: &str, opts: &Options) -> Result<(LockedProfile, bool)
 
 /// Builds the tree of `profile`.
 pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> {
+    build_shared(profile_name, opts, None)
+}
+
+/// [`build`], taking unpacked packages from (and adding them to) `shared`.
+pub fn build_shared(
+    profile_name: &str,
+    opts: &Options,
+    shared: Option<&SharedDebs>,
+) -> Result<Rootfs, RootfsError> {
     // 1. profile and lock
     let profile = ImageProfile::load(&opts.data.root, profile_name)?;
     let cache = Cache::new(&opts.cache);
@@ -269,7 +287,7 @@ pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> 
     let blobs = fetch_locked(&profile, &locked, opts, &cache)?;
 
     // 3. unpack: read and decompress in parallel, lay into the tree in name order
-    let debs = read_debs(&locked.packages, &blobs)?;
+    let debs = read_debs(&locked.packages, &blobs, shared)?;
     let mut tree = Tree::new_merged_usr();
     let unpacked: Vec<_> = debs.into_iter().map(|d| d.apply(&mut tree)).collect();
 
@@ -308,10 +326,36 @@ pub fn build(profile_name: &str, opts: &Options) -> Result<Rootfs, RootfsError> 
     })
 }
 
+/// Unpacked packages shared between root filesystem builds in one process (`slipway
+/// build` makes several roles from mostly the same packages), keyed by SHA-256. Each
+/// package is decompressed once: the first build to need it does, others wait for it.
+#[derive(Default)]
+pub struct SharedDebs {
+    map: std::sync::Mutex<std::collections::HashMap<String, Arc<DebCell>>>,
+}
+
+/// One package, unpacked by whichever build needed it first.
+type DebCell = std::sync::OnceLock<Result<extract::Deb, String>>;
+
+impl SharedDebs {
+    fn get(
+        &self,
+        sha256: &str,
+        read: impl FnOnce() -> Result<extract::Deb, String>,
+    ) -> Result<extract::Deb, String> {
+        let cell = match self.map.lock() {
+            Ok(mut m) => m.entry(sha256.to_string()).or_default().clone(),
+            Err(_) => return read(),
+        };
+        cell.get_or_init(read).clone()
+    }
+}
+
 /// Reads every .deb on a few threads (xz decompression dominates), keeping their order.
 fn read_debs(
     packages: &[LockedPackage],
     blobs: &[PathBuf],
+    shared: Option<&SharedDebs>,
 ) -> Result<Vec<extract::Deb>, RootfsError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Biggest first, so the kernel does not start last.
@@ -328,9 +372,15 @@ fn read_debs(
                     let Some(i) = queue.lock().ok().and_then(|mut q| q.next()) else {
                         return;
                     };
-                    let r = std::fs::read(&blobs[i])
-                        .map_err(|e| format!("{}: {e}", blobs[i].display()))
-                        .and_then(|bytes| extract::read(&packages[i].name, &bytes));
+                    let read = || {
+                        std::fs::read(&blobs[i])
+                            .map_err(|e| format!("{}: {e}", blobs[i].display()))
+                            .and_then(|bytes| extract::read(&packages[i].name, &bytes))
+                    };
+                    let r = match shared {
+                        Some(sh) => sh.get(&packages[i].sha256, read),
+                        None => read(),
+                    };
                     if let Ok(mut slots) = results.lock() {
                         slots[i] = Some(r);
                     }
