@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,10 +25,8 @@ use crate::cluster::Role;
 use crate::fsutil;
 use crate::image::disk::{RoleDisk, RoleInputs};
 use crate::image::gpt;
-use crate::out::{self, NodeOutput, OutError};
+use crate::out::{self, OutError};
 use crate::pipeline;
-use crate::pki::EnsureOptions;
-use crate::render::Renderer;
 use crate::rootfs::{self, RootfsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -150,13 +148,9 @@ pub fn build(
     let epoch = opts.rootfs.source_date_epoch;
 
     // 1. model, secrets, rendered nodes (pure apart from the secrets directory)
-    let (cluster, pki, _report, warnings) =
-        pipeline::secrets(cluster_path, &opts.secrets_dir, EnsureOptions::default())?;
-    let renderer = Renderer::new(&opts.rootfs.data).map_err(pipeline::Error::from)?;
-    let rendered = pipeline::render_nodes(&cluster, &pki, &renderer)?;
-    let admin = renderer
-        .render_admin_kubeconfig(&cluster, &pki)
-        .map_err(pipeline::Error::from)?;
+    let prepared = pipeline::prepare(cluster_path, &opts.secrets_dir, &opts.rootfs.data)?;
+    let cluster = &prepared.cluster;
+    let rendered = &prepared.nodes;
 
     // 2. one disk per role the cluster uses
     let mut roles: Vec<Role> = cluster.nodes.iter().map(|n| n.role).collect();
@@ -214,48 +208,47 @@ pub fn build(
 
     // 3. nodes: rendered files, config.ign and disk.raw, swapped in together
     let (bar, t) = step(opts.progress, format!("{} node disks", rendered.len()));
-    let outputs: Vec<NodeOutput<'_>> = rendered
-        .iter()
-        .map(|(node, json)| NodeOutput {
-            node,
-            ignition: json,
-        })
-        .collect();
     let node_hashes = std::sync::Mutex::new(Vec::new());
-    out::write_nodes_with(out_dir, &outputs, &admin, |staged| {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let queue = std::sync::Mutex::new(rendered.iter());
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| -> Result<(), OutError> {
-                        loop {
-                            let next = queue.lock().ok().and_then(|mut q| q.next());
-                            let Some((node, json)) = next else {
-                                return Ok(());
-                            };
-                            let disk = &disks[&node.role];
-                            let path = staged.join(&node.name).join("disk.raw");
-                            let esp = disk.esp(Some(json)).map_err(|e| {
-                                OutError::new("building", &path, io::Error::other(e))
-                            })?;
-                            let (size, sha256) = write_disk(&path, disk, &esp, &node.name, 0o600)?;
-                            if let Ok(mut v) = node_hashes.lock() {
-                                v.push(Artifact {
-                                    path: format!("nodes/{}/disk.raw", node.name),
-                                    size,
-                                    sha256,
-                                });
+    out::write_nodes_with(
+        out_dir,
+        &prepared.outputs(),
+        &prepared.admin_kubeconfig,
+        |staged| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let queue = std::sync::Mutex::new(rendered.iter());
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| -> Result<(), OutError> {
+                            loop {
+                                let next = queue.lock().ok().and_then(|mut q| q.next());
+                                let Some((node, json)) = next else {
+                                    return Ok(());
+                                };
+                                let disk = &disks[&node.role];
+                                let path = staged.join(&node.name).join("disk.raw");
+                                let esp = disk.esp(Some(json)).map_err(|e| {
+                                    OutError::new("building", &path, io::Error::other(e))
+                                })?;
+                                let (size, sha256) =
+                                    write_disk(&path, disk, &esp, &node.name, 0o600)?;
+                                if let Ok(mut v) = node_hashes.lock() {
+                                    v.push(Artifact {
+                                        path: format!("nodes/{}/disk.raw", node.name),
+                                        size,
+                                        sha256,
+                                    });
+                                }
                             }
-                        }
+                        })
                     })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
-    })?;
+                    .collect();
+                workers
+                    .into_iter()
+                    .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            })
+        },
+    )?;
     known.extend(
         node_hashes
             .into_inner()
@@ -281,7 +274,7 @@ pub fn build(
             .map(|n| (n.name.clone(), n.role.as_str().to_string()))
             .collect(),
         artifacts,
-        warnings,
+        warnings: prepared.warnings.clone(),
         seconds: 0.0,
     };
     let path = out_dir.join("manifest.json");
@@ -567,19 +560,5 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), OutErro
 }
 
 fn hash_file(path: &Path) -> Result<(u64, String), OutError> {
-    let mut f = fs::File::open(path).map_err(|e| OutError::new("opening", path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| OutError::new("reading", path, e))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, hex::encode(h.finalize())))
+    crate::debian::fetch::hash_file(path).map_err(|e| OutError::new("hashing", path, e))
 }

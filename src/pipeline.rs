@@ -83,6 +83,46 @@ pub struct RenderSummary {
     pub warnings: Vec<String>,
 }
 
+/// A cluster with its secrets ensured and every node rendered: what `render` writes and
+/// `build` writes disks beside.
+pub struct Rendered {
+    pub cluster: Cluster,
+    pub report: Report,
+    pub warnings: Vec<String>,
+    pub nodes: Vec<(NodeRender, Vec<u8>)>,
+    pub admin_kubeconfig: String,
+}
+
+impl Rendered {
+    /// The nodes as [`out::write_nodes`] takes them.
+    pub fn outputs(&self) -> Vec<NodeOutput<'_>> {
+        self.nodes
+            .iter()
+            .map(|(node, json)| NodeOutput {
+                node,
+                ignition: json,
+            })
+            .collect()
+    }
+}
+
+/// Model and secrets, templates, then every node's files and Ignition and the admin
+/// kubeconfig. Pure apart from the secrets directory and reading overlays.
+pub fn prepare(cluster_path: &Path, secrets_dir: &Path, data: &DataDir) -> Result<Rendered, Error> {
+    let (cluster, pki, report, warnings) =
+        secrets(cluster_path, secrets_dir, EnsureOptions::default())?;
+    let renderer = Renderer::new(data)?;
+    let nodes = render_nodes(&cluster, &pki, &renderer)?;
+    let admin_kubeconfig = renderer.render_admin_kubeconfig(&cluster, &pki)?;
+    Ok(Rendered {
+        cluster,
+        report,
+        warnings,
+        nodes,
+        admin_kubeconfig,
+    })
+}
+
 /// `slipway render`: secrets, then every node, then an atomic write of `out/nodes`.
 pub fn render(
     cluster_path: &Path,
@@ -90,27 +130,12 @@ pub fn render(
     data: &DataDir,
     out_dir: &Path,
 ) -> Result<RenderSummary, Error> {
-    // 1. model and secrets
-    let (cluster, pki, report, warnings) =
-        secrets(cluster_path, secrets_dir, EnsureOptions::default())?;
-    // 2. templates
-    let renderer = Renderer::new(data)?;
-    // 3. per-node files and Ignition
-    let rendered = render_nodes(&cluster, &pki, &renderer)?;
-    let admin = renderer.render_admin_kubeconfig(&cluster, &pki)?;
-    // 4. atomic output
-    let outputs: Vec<NodeOutput<'_>> = rendered
-        .iter()
-        .map(|(node, json)| NodeOutput {
-            node,
-            ignition: json,
-        })
-        .collect();
-    out::write_nodes(out_dir, &outputs, &admin)?;
+    let r = prepare(cluster_path, secrets_dir, data)?;
+    out::write_nodes(out_dir, &r.outputs(), &r.admin_kubeconfig)?;
     Ok(RenderSummary {
         out: out_dir.to_owned(),
-        secrets: report,
-        nodes: rendered
+        nodes: r
+            .nodes
             .iter()
             .map(|(n, json)| NodeSummary {
                 name: n.name.clone(),
@@ -119,6 +144,7 @@ pub fn render(
                 ignition_sha256: hex::encode(Sha256::digest(json)),
             })
             .collect(),
-        warnings,
+        secrets: r.report,
+        warnings: r.warnings,
     })
 }
