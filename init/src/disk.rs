@@ -83,17 +83,41 @@ pub fn partition_node(sys: &Path, number: u32) -> Option<PathBuf> {
     })
 }
 
-/// The EFI system partition on the disk that holds partition `part`.
-pub fn esp_of(part: &Path) -> Option<PathBuf> {
-    const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-    let name = part.file_name()?.to_string_lossy().into_owned();
-    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
-    let disk_sys = sys.parent()?;
-    let disk = Path::new("/dev").join(disk_sys.file_name()?);
-    let table = gpt::GptConfig::new().writable(false).open(&disk).ok()?;
+/// The whole disk holding partition `part`: (device node, sysfs directory).
+pub fn disk_of(part: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let name = part
+        .file_name()
+        .ok_or_else(|| format!("{}: not a device", part.display()))?;
+    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(name))
+        .map_err(|e| format!("{}: {e}", part.display()))?;
+    let disk_sys = sys
+        .parent()
+        .ok_or_else(|| format!("{}: no parent disk", part.display()))?
+        .to_path_buf();
+    let disk_name = disk_sys
+        .file_name()
+        .ok_or_else(|| format!("{}: no parent disk", part.display()))?;
+    Ok((Path::new("/dev").join(disk_name), disk_sys))
+}
+
+/// The number of the first partition of type `type_guid` in `table`.
+pub fn find_type<D>(table: &gpt::GptDisk<D>, type_guid: &str) -> Option<u32> {
     table
         .partitions()
         .iter()
-        .find(|(_, p)| p.part_type_guid.guid.to_string().eq_ignore_ascii_case(ESP))
-        .and_then(|(n, _)| partition_node(disk_sys, *n))
+        .find(|(_, p)| {
+            p.part_type_guid
+                .guid
+                .to_string()
+                .eq_ignore_ascii_case(type_guid)
+        })
+        .map(|(n, _)| *n)
+}
+
+/// The EFI system partition on the disk that holds partition `part`.
+pub fn esp_of(part: &Path) -> Option<PathBuf> {
+    const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    let (disk, disk_sys) = disk_of(part).ok()?;
+    let table = gpt::GptConfig::new().writable(false).open(&disk).ok()?;
+    partition_node(&disk_sys, find_type(&table, ESP)?)
 }

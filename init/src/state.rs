@@ -79,23 +79,6 @@ fn root_tool(sysroot: &str, prog: &str, args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// The whole disk holding partition `part`: (device node, sysfs directory).
-fn disk_of(part: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let name = part
-        .file_name()
-        .ok_or_else(|| format!("{}: not a device", part.display()))?;
-    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(name))
-        .map_err(|e| format!("{}: {e}", part.display()))?;
-    let disk_sys = sys
-        .parent()
-        .ok_or_else(|| format!("{}: no parent disk", part.display()))?
-        .to_path_buf();
-    let disk_name = disk_sys
-        .file_name()
-        .ok_or_else(|| format!("{}: no parent disk", part.display()))?;
-    Ok((Path::new("/dev").join(disk_name), disk_sys))
-}
-
 fn mount_state(dev: &Path) -> Result<(), String> {
     std::fs::create_dir_all(MOUNT).map_err(|e| format!("{MOUNT}: {e}"))?;
     mount(
@@ -149,21 +132,12 @@ pub fn rewrite_gpt(
 /// Finds, or on first boot creates, the state partition on the disk of `root_part`, and
 /// mounts it at [`MOUNT`].
 pub fn setup(root_part: &Path, sysroot: &str) -> Result<State, String> {
-    let (disk, disk_sys) = disk_of(root_part)?;
+    let (disk, disk_sys) = crate::disk::disk_of(root_part)?;
     let table = gpt::GptConfig::new()
         .writable(false)
         .open(&disk)
         .map_err(|e| format!("reading the GPT of {}: {e}", disk.display()))?;
-    let existing = table
-        .partitions()
-        .iter()
-        .find(|(_, p)| {
-            p.part_type_guid
-                .guid
-                .to_string()
-                .eq_ignore_ascii_case(VAR_TYPE)
-        })
-        .map(|(n, _)| *n);
+    let existing = crate::disk::find_type(&table, VAR_TYPE);
     if let Some(n) = existing {
         let dev = crate::disk::partition_node(&disk_sys, n).ok_or_else(|| {
             format!(
