@@ -91,6 +91,21 @@ fn snapshot(root: &Path) -> BTreeMap<String, Node> {
         .collect()
 }
 
+/// One side of a difference, for the failure message.
+fn describe(n: Option<&Node>) -> String {
+    match n {
+        None => "absent".into(),
+        Some(n) => format!(
+            "{} {:o} {}:{} {} bytes",
+            n.kind,
+            n.mode,
+            n.uid,
+            n.gid,
+            n.data.len()
+        ),
+    }
+}
+
 /// A scratch root with the image's /etc (files, links, modes, owners).
 fn scratch(tree: &slipway::fs::Tree, dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -245,21 +260,9 @@ fn slipway_init_and_ignition_agree() {
                     used.insert(*re);
                 }
                 None => unexplained.push(format!(
-                    "{p}: ours {:?} / ignition {:?}",
-                    a.get(p).map(|n| (
-                        &n.kind,
-                        format!("{:o}", n.mode),
-                        n.uid,
-                        n.gid,
-                        n.data.len()
-                    )),
-                    b.get(p).map(|n| (
-                        &n.kind,
-                        format!("{:o}", n.mode),
-                        n.uid,
-                        n.gid,
-                        n.data.len()
-                    ))
+                    "{p}: ours {} / ignition {}",
+                    describe(a.get(p)),
+                    describe(b.get(p))
                 )),
             }
         }

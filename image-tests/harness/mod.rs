@@ -42,6 +42,16 @@ pub fn work_dir(name: &str) -> PathBuf {
     d
 }
 
+/// QEMU arguments for OVMF: the shared read-only code and this VM's own variable store.
+fn firmware(vars: &Path) -> [String; 4] {
+    [
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
+}
+
 /// "kvm" when /dev/kvm exists and a probe VM gets through OVMF under it within 10 s,
 /// else "tcg" (KVM hangs on some hosts). `SLIPWAY_QEMU_ACCEL` overrides. Probed once.
 pub fn accel() -> &'static str {
@@ -69,15 +79,7 @@ pub fn accel() -> &'static str {
                 "-nodefaults",
             ])
             .args(["-display", "none", "-nic", "none", "-no-reboot"])
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ))
+            .args(firmware(&vars))
             .arg("-serial")
             .arg(format!("file:{}", log.display()))
             .stdout(Stdio::null())
@@ -145,15 +147,7 @@ impl Vm {
             .arg("-m")
             .arg(cfg.memory_mib.to_string())
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ))
+            .args(firmware(&vars))
             .arg("-drive")
             .arg(format!(
                 "if=none,id=disk0,format=raw,file={}",
