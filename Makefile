@@ -3,7 +3,7 @@ CARGO ?= cargo
 OUT ?= out/homelab
 CLUSTER ?= examples/homelab/cluster.toml
 
-.PHONY: all deps init build images test image-test lint unit-test test-fixtures bench clean
+.PHONY: all deps init build images test image-test lint unit-test test-fixtures bench clean space
 
 # Debian packages for the root filesystem tests: resolved and downloaded once by
 # test-fixtures (the only step of `make test` that talks to the Debian mirror, which comes
@@ -35,7 +35,16 @@ images: build
 	target/release/slipway build $(CLUSTER) --out $(OUT)
 
 # The whole suite: lints, unit and integration tests (with the real tools as judges).
-test: deps lint test-fixtures unit-test
+test: space deps lint test-fixtures unit-test
+
+# Free space the suite needs where it runs (debug builds, several example-cluster builds,
+# VM disks), checked first so that a full disk is reported as such, not as a test failure.
+MIN_FREE_GIB ?= 30
+space:
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(MIN_FREE_GIB) ]; then \
+	    echo "make: only $$free GiB free in $(CURDIR); the tests need $(MIN_FREE_GIB) GiB (MIN_FREE_GIB)" >&2; exit 1; \
+	fi
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -54,7 +63,7 @@ unit-test: deps init
 
 # The QEMU tests alone (also part of `make test`): image-tests/, one harness.
 image-test: deps init test-fixtures
-	$(CARGO) test --locked --test boot_node
+	$(CARGO) test --locked --test boot_node --test cluster
 
 bench: deps init test-fixtures
 	@scripts/install-deps.sh --bench

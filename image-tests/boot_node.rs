@@ -29,6 +29,8 @@ fn built() -> &'static PathBuf {
 
 #[test]
 fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
+    let _wall =
+        harness::WallTime::start("master1_boots_through_verity_and_its_config_to_a_login_prompt");
     let dir = harness::work_dir("boot-master1");
     // A 3 GiB disk: the image, and room for the state partition first boot makes.
     let disk = harness::grown_copy(
@@ -106,6 +108,7 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
 
 #[test]
 fn an_unsupported_config_field_stops_the_boot_naming_it() {
+    let _wall = harness::WallTime::start("an_unsupported_config_field_stops_the_boot_naming_it");
     let dir = harness::work_dir("boot-unsupported");
     // The role image has no config on its ESP; the config comes from fw_cfg.
     let disk = harness::disk_copy(
@@ -150,6 +153,7 @@ fn an_unsupported_config_field_stops_the_boot_naming_it() {
 
 #[test]
 fn a_flipped_root_byte_stops_the_boot() {
+    let _wall = harness::WallTime::start("a_flipped_root_byte_stops_the_boot");
     use std::io::{Seek, SeekFrom, Write};
     let dir = harness::work_dir("boot-flipped");
     let disk = harness::disk_copy(&built().join("nodes/master1/disk.raw"), &dir, "flipped");
@@ -187,6 +191,8 @@ fn a_flipped_root_byte_stops_the_boot() {
 
 #[test]
 fn master1_on_its_network_comes_up_running_with_its_services() {
+    let _wall =
+        harness::WallTime::start("master1_on_its_network_comes_up_running_with_its_services");
     let dir = harness::work_dir("boot-master1-net");
     let key = harness::test_key(&dir);
     // The example cluster with a test-only admin key.
@@ -251,6 +257,7 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
 
 #[test]
 fn one_role_image_picks_its_config_by_mac_from_a_bundle() {
+    let _wall = harness::WallTime::start("one_role_image_picks_its_config_by_mac_from_a_bundle");
     let dir = harness::work_dir("boot-mac-bundle");
     let disk = harness::grown_copy(
         &built().join("images/control-plane.raw"),

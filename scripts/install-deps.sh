@@ -9,7 +9,8 @@ set -euo pipefail
 #   filesystem: the Debian archive keyring, gpg and dpkg-deb for the test repository,
 #   mmdebstrap as the reference builder, chroot and tar; veritysetup (cryptsetup-bin)
 #   for the dm-verity writer; sgdisk, sfdisk, fsck.fat and mtools for the disk writers;
-#   QEMU, OVMF and a static busybox for the firmware boot test. For `slipway build`:
+#   QEMU, OVMF and a static busybox for the firmware boot test; OpenSSH's client, arping
+#   and ping for the multi-node test, which probes its private segment. For `slipway build`:
 #   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
 #   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
 #   generates its ioctl bindings from at build time.
@@ -19,7 +20,7 @@ APT_PACKAGES=(
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
-    openssh-client
+    openssh-client iputils-arping iputils-ping
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).

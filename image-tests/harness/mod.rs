@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
@@ -30,6 +32,30 @@ pub const BADNESS: &[&str] = &[
 pub fn bad_line(line: &str) -> bool {
     BADNESS.iter().any(|b| line.contains(b))
         || (line.contains("slipway-init") && line.contains("FATAL"))
+}
+
+/// Prints a test's wall time when dropped, also when the test fails.
+pub struct WallTime(&'static str, Instant);
+
+impl WallTime {
+    pub fn start(test: &'static str) -> WallTime {
+        WallTime(test, Instant::now())
+    }
+}
+
+impl Drop for WallTime {
+    fn drop(&mut self) {
+        eprintln!(
+            "{}: {} after {:.1} s wall time",
+            self.0,
+            if std::thread::panicking() {
+                "failed"
+            } else {
+                "passed"
+            },
+            self.1.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Where VM logs and disks live: target/image-tests/NAME/.
@@ -118,6 +144,8 @@ pub struct VmConfig<'a> {
     /// Extra QEMU arguments (network devices, fw_cfg, ...). Without any `-nic`/`-netdev`,
     /// the VM has no network at all.
     pub extra: Vec<String>,
+    /// The network namespace QEMU runs in (a [`Lan`]'s), or the test's own.
+    pub netns: Option<&'a str>,
 }
 
 pub struct Vm {
@@ -134,7 +162,14 @@ impl Vm {
         std::fs::copy(OVMF_VARS, &vars).expect("ovmf (make deps installs it)");
         let log = dir.join(format!("{}-serial.log", cfg.name));
         let accel = accel();
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut cmd = match cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
         cmd.args(["-machine", "q35", "-accel"])
             .arg(if accel == "kvm" {
                 "kvm".to_string()
@@ -255,6 +290,7 @@ pub fn boot(name: &str, disk: &Path, extra: Vec<String>, dir: &Path) -> Vm {
             memory_mib: 1024,
             cpus: 2,
             extra,
+            netns: None,
         },
         dir,
     )
@@ -328,8 +364,9 @@ pub fn isolated_nic(mac: &str, guest_ip: &str, ssh_port: u16) -> Vec<String> {
     ]
 }
 
-/// Runs `command` on the VM over SSH (the host's OpenSSH client) as `user`; retries the
-/// connection for up to `timeout`. Returns (exit status, stdout).
+/// Runs `command` on the VM over SSH (the host's OpenSSH client) as `user`, at
+/// 127.0.0.1:`port`; retries the connection for up to `timeout`. Returns (exit status,
+/// stdout).
 pub fn ssh(
     key: &TestKey,
     port: u16,
@@ -337,29 +374,64 @@ pub fn ssh(
     command: &str,
     timeout: Duration,
 ) -> (i32, String) {
+    ssh_via(
+        Command::new("ssh"),
+        key,
+        port,
+        &format!("{user}@127.0.0.1"),
+        command,
+        timeout,
+    )
+}
+
+/// [`ssh`] to `ip`:22 from inside `lan`'s namespace.
+pub fn ssh_lan(
+    lan: &Lan,
+    key: &TestKey,
+    ip: &str,
+    user: &str,
+    command: &str,
+    timeout: Duration,
+) -> (i32, String) {
+    ssh_via(
+        lan.command("ssh"),
+        key,
+        22,
+        &format!("{user}@{ip}"),
+        command,
+        timeout,
+    )
+}
+
+fn ssh_via(
+    mut ssh: Command,
+    key: &TestKey,
+    port: u16,
+    target: &str,
+    command: &str,
+    timeout: Duration,
+) -> (i32, String) {
+    ssh.arg("-i")
+        .arg(&key.private)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .arg(target)
+        .arg(command);
     let start = Instant::now();
     loop {
-        let o = Command::new("ssh")
-            .arg("-i")
-            .arg(&key.private)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-            ])
-            .arg(port.to_string())
-            .arg(format!("{user}@127.0.0.1"))
-            .arg(command)
-            .output()
-            .expect("ssh (openssh-client)");
+        let o = ssh.output().expect("ssh (openssh-client)");
         let code = o.status.code().unwrap_or(-1);
         // 255: ssh itself failed (not up yet); anything else is the command's status.
         if code != 255 {
@@ -367,12 +439,137 @@ pub fn ssh(
         }
         if start.elapsed() > timeout {
             panic!(
-                "ssh {user}@127.0.0.1:{port} did not connect within {} s: {}",
+                "ssh {target}:{port} did not connect within {} s: {}",
                 timeout.as_secs(),
                 String::from_utf8_lossy(&o.stderr)
             );
         }
         std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// One Ethernet segment for several VMs that cannot reach anything else: a network
+/// namespace of its own (`ip netns`) holding a bridge, one tap per VM, and the test's
+/// address on the bridge, from which it reaches the VMs (SSH, ARP, TCP probes) by running
+/// commands in the namespace. The namespace has no other interface and no route out, so
+/// no frame from a VM reaches the host's network. Deleted on drop; namespaces left by a
+/// killed test run are deleted by the next one.
+pub struct Lan {
+    pub ns: String,
+    taps: usize,
+}
+
+impl Lan {
+    /// A new segment with the test's own address `host_cidr` (e.g. "192.168.1.5/24").
+    /// Needs root (CI and `make test` run as root).
+    pub fn new(host_cidr: &str) -> Lan {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        Lan::remove_stale();
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = format!("slipway-test-{}-{n}", std::process::id());
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2; make deps installs it)");
+            assert!(
+                o.status.success(),
+                "ip {} failed: {} (the multi-VM tests need root for their network namespace)",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        };
+        ip(&["netns", "add", &ns]);
+        let lan = Lan { ns, taps: 0 };
+        let ns = lan.ns.as_str();
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", ns, "link", "set", "br0", "up"]);
+        ip(&["-n", ns, "addr", "add", host_cidr, "dev", "br0"]);
+        lan
+    }
+
+    /// Deletes namespaces of test processes that no longer run.
+    fn remove_stale() {
+        let o = Command::new("ip").args(["netns", "list"]).output();
+        let list = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for line in list.unwrap_or_default().lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(rest) = name.strip_prefix("slipway-test-") else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+
+    /// QEMU arguments for a virtio NIC with `mac` on a new tap port of the bridge.
+    pub fn nic(&mut self, mac: &str) -> Vec<String> {
+        let tap = format!("tap{}", self.taps);
+        self.taps += 1;
+        for args in [
+            vec!["-n", &self.ns, "tuntap", "add", &tap, "mode", "tap"],
+            vec!["-n", &self.ns, "link", "set", &tap, "master", "br0"],
+            vec!["-n", &self.ns, "link", "set", &tap, "up"],
+        ] {
+            let st = Command::new("ip").args(&args).status().unwrap();
+            assert!(st.success(), "ip {}", args.join(" "));
+        }
+        vec![
+            "-netdev".into(),
+            format!("tap,id=lan,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            // romfile=: no iPXE option ROM, the disk boots.
+            format!("virtio-net-pci,netdev=lan,mac={mac},romfile="),
+        ]
+    }
+
+    /// `program` to run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+
+    /// Whether a TCP connection from the test's address to `ip`:`port` is accepted
+    /// ("open"), refused with a reset ("refused": a firewall let it through to a closed
+    /// port) or gets no answer within 3 s ("dropped").
+    pub fn probe(&self, ip: &str, port: u16) -> &'static str {
+        let o = self
+            .command("timeout")
+            .args(["3", "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+            .output()
+            .unwrap();
+        match o.status.code() {
+            Some(0) => "open",
+            Some(124) => "dropped",
+            _ if String::from_utf8_lossy(&o.stderr).contains("refused") => "refused",
+            _ => panic!(
+                "probe {ip}:{port}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        }
+    }
+
+    /// The MAC address answering ARP for `ip` on the segment within 1 s, lowercase.
+    pub fn arp(&self, ip: &str) -> Option<String> {
+        let o = self
+            .command("arping")
+            .args(["-f", "-b", "-c", "1", "-w", "1", "-I", "br0", ip])
+            .output()
+            .expect("arping (iputils-arping; make deps installs it)");
+        let text = String::from_utf8_lossy(&o.stdout);
+        let line = text.lines().find(|l| l.contains("reply from"))?;
+        let mac = line.split('[').nth(1)?.split(']').next()?;
+        Some(mac.to_ascii_lowercase())
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 

@@ -1,0 +1,269 @@
+//! The example cluster (master1..3, worker1, the seed's addresses) booted at once from
+//! its per-node disks on one private Ethernet segment (a network namespace this test
+//! creates: nothing reaches the host's network), and judged over SSH and from the
+//! segment: the VIP is on master1 (VRRP priority 100) with HAProxy on VIP:6443, every
+//! node reaches every other, the firewall passes the seed's ports and drops the rest,
+//! the worker reaches the VIP; then master1 and master2 lose power in turn and the VIP
+//! moves to master2 and master3, and master1, back, takes it again (keepalived's
+//! preemption, docs/cluster.md). Each step prints its wall time.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::cluster::{PingWatch, TestCluster};
+
+/// Disk per node: the image plus a state partition over slipway-init's 1 GiB minimum.
+const DISK_BYTES: u64 = 5 << 29;
+
+/// Prints a step's wall time and the time since the test began.
+struct Clock(Instant, Instant);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(Instant::now(), Instant::now())
+    }
+    fn step(&mut self, what: &str) {
+        eprintln!(
+            "cluster: {what}: {:.1} s (test at {:.1} s)",
+            self.1.elapsed().as_secs_f64(),
+            self.0.elapsed().as_secs_f64()
+        );
+        self.1 = Instant::now();
+    }
+}
+
+/// A shell function for the nodes: `probe IP PORT` prints "IP:PORT open", "refused"
+/// (the firewall let the SYN through to a closed port) or "dropped" (no answer in 3 s).
+const PROBE: &str = r#"probe() { if out=$(socat -u /dev/null "TCP:$1:$2,connect-timeout=3" 2>&1); then echo "$1:$2 open"; else case "$out" in *refused*) echo "$1:$2 refused";; *) echo "$1:$2 dropped";; esac; fi; }"#;
+
+/// Runs probes on `from` (None: from the test's own address on the segment) and checks
+/// each verdict.
+fn expect_probes(c: &TestCluster, from: Option<&str>, cases: &[(&str, u16, &str)]) {
+    let got: Vec<String> = match from {
+        Some(node) => {
+            let script: String = std::iter::once(PROBE.to_string())
+                .chain(
+                    cases
+                        .iter()
+                        .map(|(ip, port, _)| format!("probe {ip} {port}")),
+                )
+                .collect::<Vec<_>>()
+                .join("; ");
+            c.ssh(node, &script)
+                .1
+                .lines()
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+                .collect()
+        }
+        None => cases
+            .iter()
+            .map(|(ip, port, _)| c.lan.probe(ip, *port).to_string())
+            .collect(),
+    };
+    for (i, (ip, port, want)) in cases.iter().enumerate() {
+        let got = got.get(i).map_or("(no answer)", String::as_str);
+        assert_eq!(
+            got,
+            *want,
+            "{ip}:{port} from {}: expected {want}, got {got}",
+            from.unwrap_or("the test's address 192.168.1.5")
+        );
+    }
+}
+
+#[test]
+fn the_example_cluster_holds_its_vip_through_failures() {
+    let _wall = harness::WallTime::start("the_example_cluster_holds_its_vip_through_failures");
+    let mut clock = Clock::new();
+    let mut c = TestCluster::build("cluster", DISK_BYTES);
+    clock.step("built the example cluster");
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let powered = Instant::now();
+    for n in &names {
+        c.power_on(n);
+    }
+    for n in &names {
+        let at = c.wait_running(n);
+        eprintln!(
+            "cluster: {n} running {:.1} s after power-on ({})",
+            at.as_secs_f64(),
+            harness::accel()
+        );
+    }
+    clock.step("all four nodes running");
+
+    // The VIP settles on master1 (priority 100); whoever came up first may hold it for
+    // a moment before.
+    let since = c.wait_vip_on("master1", Duration::from_secs(5), Duration::from_secs(120));
+    eprintln!(
+        "cluster: VIP on master1 {:.1} s after power-on",
+        since.duration_since(powered).as_secs_f64()
+    );
+    for n in &names {
+        let (_, addrs) = c.ssh(n, "ip -4 -o addr show");
+        assert_eq!(
+            addrs.contains("192.168.1.100/"),
+            n == "master1",
+            "{n}: VIP placement wrong: {addrs}"
+        );
+    }
+    let (_, listen) = c.ssh("master1", "sudo ss -Hltnp 'sport = :6443'");
+    assert!(
+        listen.contains("192.168.1.100:6443") && listen.contains("haproxy"),
+        "HAProxy does not listen on VIP:6443 on master1: {listen}"
+    );
+    clock.step("VIP on master1, HAProxy on VIP:6443");
+
+    // Every node reaches every other (SSH's port is open to all).
+    for from in &names {
+        let cases: Vec<(&str, u16, &str)> = c
+            .nodes
+            .iter()
+            .filter(|n| &n.name != from)
+            .map(|n| (n.ip.as_str(), 22, "open"))
+            .collect();
+        expect_probes(&c, Some(from), &cases);
+    }
+    clock.step("full mesh on port 22");
+
+    // The firewall. "refused" means the SYN got through to a port where nothing listens
+    // (no kubelet or etcd yet, see the ignored test below); "dropped" means no answer.
+    // A listener on master1's port 9999 shows a drop is the firewall's doing.
+    let (code, _) = c.ssh(
+        "master1",
+        "sudo systemd-run --unit=probe-listener socat TCP-LISTEN:9999,fork,reuseaddr /dev/null",
+    );
+    assert_eq!(code, 0);
+    expect_probes(&c, Some("master1"), &[("127.0.0.1", 9999, "open")]);
+    let m1 = "192.168.1.11";
+    let vip = "192.168.1.100";
+    expect_probes(
+        &c,
+        Some("master2"),
+        &[
+            (m1, 2379, "refused"),
+            (m1, 2380, "refused"),
+            (m1, 10250, "refused"),
+            (m1, 6443, "refused"),
+            (m1, 9999, "dropped"),
+        ],
+    );
+    expect_probes(
+        &c,
+        Some("worker1"),
+        &[
+            (vip, 6443, "open"),
+            (m1, 10250, "refused"),
+            (m1, 4240, "refused"),
+            (m1, 2379, "dropped"),
+            (m1, 9999, "dropped"),
+        ],
+    );
+    expect_probes(
+        &c,
+        None,
+        &[
+            (vip, 6443, "open"),
+            (m1, 22, "open"),
+            (m1, 443, "refused"),
+            (m1, 30080, "refused"),
+            (m1, 10250, "dropped"),
+            (m1, 2379, "dropped"),
+            ("192.168.1.21", 6443, "dropped"),
+            ("192.168.1.21", 80, "refused"),
+        ],
+    );
+    let (_, chain) = c.ssh("master1", "sudo nft list chain inet slipway input");
+    let dropped: u64 = chain
+        .lines()
+        .find(|l| l.contains("comment \"dropped\""))
+        .and_then(|l| l.split("packets ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "master1's drop counter did not count: {chain}");
+    clock.step("firewall");
+
+    // containerd on every node; kubelet only when the image has the binary.
+    for n in &names {
+        let (code, out) = c.ssh(
+            n,
+            "systemctl is-active containerd && sudo ctr version >/dev/null && sudo ctr -n k8s.io images ls -q | wc -l",
+        );
+        assert_eq!(code, 0, "{n}: containerd not serving: {out}");
+        let (_, kubelet) = c.ssh(
+            n,
+            "test -x /usr/bin/kubelet && echo present || systemctl show -p ConditionResult --value kubelet",
+        );
+        if kubelet.trim() != "present" {
+            assert_eq!(kubelet.trim(), "no", "{n}: kubelet.service condition");
+            eprintln!(
+                "cluster: SKIPPED on {n}: no /usr/bin/kubelet in the image (Kubernetes binaries: issue 7); kubelet.service is skipped by its condition, not failed"
+            );
+        }
+    }
+    clock.step("containerd");
+
+    // Failover: master1 loses power, then master2.
+    let watch = PingWatch::start(&c, &c.vip);
+    std::thread::sleep(Duration::from_secs(2));
+    for (off, next) in [("master1", "master2"), ("master2", "master3")] {
+        let answered = c.fail_over(&watch, off, next);
+        let (_, addrs) = c.ssh(next, "ip -4 -o addr show");
+        assert!(addrs.contains("192.168.1.100/"), "{next}: {addrs}");
+        assert_eq!(c.lan.probe(vip, 6443), "open", "VIP:6443 on {next}");
+        eprintln!(
+            "cluster: {off} powered off: the VIP answered again from {next} after {:.2} s",
+            answered.as_secs_f64()
+        );
+        assert!(
+            answered < Duration::from_secs(15),
+            "failover {off} -> {next} took {answered:?}"
+        );
+    }
+    expect_probes(&c, Some("worker1"), &[(vip, 6443, "open")]);
+    clock.step("failover master1 -> master2 -> master3");
+
+    // master1 back (its second boot): priority 100 preempts master3.
+    let on = Instant::now();
+    let on_wall = std::time::SystemTime::now();
+    c.power_on("master1");
+    c.wait_running("master1");
+    let since = c.wait_vip_on("master1", Duration::from_secs(3), Duration::from_secs(120));
+    eprintln!(
+        "cluster: master1 powered on again: holds the VIP {:.1} s after power-on",
+        since.duration_since(on).as_secs_f64()
+    );
+    let (_, addrs) = c.ssh("master3", "ip -4 -o addr show");
+    assert!(
+        !addrs.contains("192.168.1.100/"),
+        "master3 kept the VIP: {addrs}"
+    );
+    // Preemption hands the VIP over while master3 still runs: no outage.
+    let gap = watch.longest_gap_since(on_wall);
+    eprintln!(
+        "cluster: longest gap between VIP ping replies while master1 took it back: {:.2} s",
+        gap.as_secs_f64()
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "the VIP stopped answering for {gap:?} during preemption"
+    );
+    clock.step("master1 back, took the VIP");
+    c.assert_consoles_clean();
+    drop(watch);
+    harness::passed(&c.dir);
+}
+
+/// Kubelet registration, etcd's three members and `kubectl get nodes` through the VIP
+/// (also while master1 is off) need the Kubernetes binaries in the image, which issue 7
+/// brings. Until then this cannot run, and is counted as ignored, never as passed.
+#[test]
+#[ignore = "needs the Kubernetes binaries in the image (issue 7)"]
+fn kubelets_register_through_the_vip() {
+    panic!(
+        "cannot run: slipway does not put kubelet, kubectl or the control-plane images into the image yet (issue 7)"
+    );
+}

@@ -1,0 +1,302 @@
+//! The example cluster booted whole: every node's disk from `slipway build` in its own VM,
+//! all on one [`Lan`] (a private network namespace), with a test-only admin SSH key. The
+//! multi-node test and `make bench` drive it through this: power nodes on and off, run
+//! commands on them over SSH from the segment, and see which node answers for the VIP.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{Lan, TestKey, Vm, VmConfig};
+
+/// The test's own address on the segment: inside the example's subnet, outside its nodes,
+/// VIP and load-balancer pool, and not in the cluster's firewall sets.
+pub const HOST_CIDR: &str = "192.168.1.5/24";
+
+/// Memory and vCPUs per node VM: four at once share this machine's two cores under TCG.
+const MEMORY_MIB: u32 = 768;
+const CPUS: u32 = 1;
+
+pub struct Node {
+    pub name: String,
+    pub ip: String,
+    pub mac: String,
+    pub control_plane: bool,
+    disk: PathBuf,
+    boots: usize,
+    pub vm: Option<Vm>,
+}
+
+pub struct TestCluster {
+    pub dir: PathBuf,
+    pub lan: Lan,
+    pub key: TestKey,
+    pub vip: String,
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// Builds the example cluster (with a test-only admin key) into
+    /// target/image-tests/`name` and gives each node a sparse disk copy of `disk_bytes`
+    /// (room for its state partition). No VM runs yet.
+    pub fn build(name: &str, disk_bytes: u64) -> TestCluster {
+        let dir = super::work_dir(name);
+        let key = super::test_key(&dir);
+        let cluster = super::example_with_key(&crate::common::example(), &key, &dir);
+        let out = dir.join("out");
+        crate::common::build(&cluster, &dir.join("secrets"), &out, false);
+        let (model, _) = slipway::cluster::Cluster::load(&cluster).unwrap();
+        let nodes = model
+            .nodes
+            .iter()
+            .map(|n| Node {
+                name: n.name.clone(),
+                ip: n.ip.to_string(),
+                mac: n.mac.to_string(),
+                control_plane: n.vrrp_priority.is_some(),
+                disk: super::grown_copy(
+                    &out.join("nodes").join(&n.name).join("disk.raw"),
+                    &dir,
+                    &n.name,
+                    disk_bytes,
+                ),
+                boots: 0,
+                vm: None,
+            })
+            .collect();
+        TestCluster {
+            lan: Lan::new(HOST_CIDR),
+            vip: model.control_plane.vip.to_string(),
+            dir,
+            key,
+            nodes,
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Powers `name` on from its disk (which keeps its state across power cycles). The
+    /// console log of its Nth boot is NAME-serial.log, then NAME-bootN-serial.log.
+    pub fn power_on(&mut self, name: &str) {
+        let nic = {
+            let mac = self.node(name).mac.clone();
+            self.lan.nic(&mac)
+        };
+        let (ns, dir) = (self.lan.ns.clone(), self.dir.clone());
+        let node = self.node_mut(name);
+        node.boots += 1;
+        let label = match node.boots {
+            1 => name.to_string(),
+            n => format!("{name}-boot{n}"),
+        };
+        node.vm = Some(Vm::start(
+            VmConfig {
+                name: &label,
+                disk: &node.disk,
+                memory_mib: MEMORY_MIB,
+                cpus: CPUS,
+                extra: nic,
+                netns: Some(&ns),
+            },
+            &dir,
+        ));
+    }
+
+    /// Pulls the plug on `name` (QEMU killed: no shutdown, as in a power or host failure).
+    pub fn power_off(&mut self, name: &str) {
+        if let Some(mut vm) = self.node_mut(name).vm.take() {
+            vm.kill();
+        }
+    }
+
+    /// Pulls the plug on `off` while it holds the VIP and waits until the VIP answers
+    /// pings again and `next` holds it. Returns the outage as the segment saw it: from
+    /// the power-off to the first reply.
+    pub fn fail_over(&mut self, watch: &PingWatch, off: &str, next: &str) -> Duration {
+        let at = SystemTime::now();
+        self.power_off(off);
+        let answered = watch.answered_after(at, Duration::from_secs(60));
+        self.wait_vip_on(next, Duration::from_secs(3), Duration::from_secs(60));
+        answered
+    }
+
+    /// Runs `command` on `name` as the admin user over SSH from the segment.
+    pub fn ssh(&self, name: &str, command: &str) -> (i32, String) {
+        let ip = &self.node(name).ip;
+        super::ssh_lan(
+            &self.lan,
+            &self.key,
+            ip,
+            "admin",
+            command,
+            Duration::from_secs(300),
+        )
+    }
+
+    /// Waits until `name` reports `systemctl is-system-running` = running with no failed
+    /// unit and no bad console line; returns the time since its power-on.
+    pub fn wait_running(&mut self, name: &str) -> Duration {
+        let log = self.node(name).vm.as_ref().unwrap().log.clone();
+        let vm = self.node_mut(name).vm.as_mut().unwrap();
+        vm.wait_for(" login: ", Duration::from_secs(600), true);
+        let (code, state) = self.ssh(name, "systemctl is-system-running --wait");
+        let at = self.node(name).vm.as_ref().unwrap().elapsed();
+        let (_, failed) = self.ssh(name, "systemctl --failed --no-legend --plain");
+        assert!(
+            code == 0 && state.trim() == "running" && failed.trim().is_empty(),
+            "{name}: system {state:?}, failed units: {failed:?} (log {})",
+            log.display()
+        );
+        at
+    }
+
+    /// The node that answers ARP for the VIP, if any.
+    pub fn vip_holder(&self) -> Option<String> {
+        let mac = self.lan.arp(&self.vip)?;
+        Some(
+            self.nodes
+                .iter()
+                .find(|n| n.mac == mac)
+                .map_or_else(|| format!("unknown MAC {mac}"), |n| n.name.clone()),
+        )
+    }
+
+    /// Waits until `name` has answered for the VIP for `settle` without a change (at boot
+    /// the first keepalived up holds it until a higher priority takes it); fails after
+    /// `timeout`. Returns when `name` began holding it.
+    pub fn wait_vip_on(&self, name: &str, settle: Duration, timeout: Duration) -> Instant {
+        let start = Instant::now();
+        let mut since: Option<Instant> = None;
+        loop {
+            let holder = self.vip_holder();
+            if holder.as_deref() == Some(name) {
+                let s = *since.get_or_insert_with(Instant::now);
+                if s.elapsed() >= settle {
+                    return s;
+                }
+            } else {
+                since = None;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the VIP {} is not on {name} within {} s (holder: {holder:?}; logs in {})",
+                self.vip,
+                timeout.as_secs(),
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Checks every running node's console for bad lines and failed units.
+    pub fn assert_consoles_clean(&self) {
+        for n in &self.nodes {
+            let Some(vm) = &n.vm else { continue };
+            let console = vm.console();
+            let bad: Vec<&str> = console
+                .lines()
+                .filter(|l| super::bad_line(l) || l.contains("FAILED"))
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{}: {bad:?} (log {})",
+                n.name,
+                vm.log.display()
+            );
+        }
+    }
+}
+
+/// Pings an address ten times a second from the segment, logging each reply with its
+/// time, to tell when it stopped and started answering again (kept as a log in the test's
+/// directory). Stopped on drop.
+pub struct PingWatch {
+    child: Child,
+    log: PathBuf,
+}
+
+impl PingWatch {
+    pub fn start(c: &TestCluster, ip: &str) -> PingWatch {
+        let log = c.dir.join(format!("ping-{ip}.log"));
+        let child = c
+            .lan
+            .command("ping")
+            .args(["-n", "-D", "-i", "0.1", ip])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        PingWatch { child, log }
+    }
+
+    /// Times (seconds since the epoch) of the replies received so far.
+    fn replies(&self) -> Vec<f64> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until the address answers again after an outage that began after `since`
+    /// (a gap of over half a second between replies), and returns how long after `since`
+    /// the first reply after the gap came. (A reply from the old holder still in flight
+    /// at `since` is not taken for the new one's.)
+    pub fn answered_after(&self, since: SystemTime, timeout: Duration) -> Duration {
+        let t0 = since.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let start = Instant::now();
+        loop {
+            let replies = self.replies();
+            let mut last = replies.iter().copied().rfind(|&t| t <= t0);
+            for &t in replies.iter().filter(|&&t| t > t0) {
+                if last.is_none_or(|l| t - l > 0.5) {
+                    return Duration::from_secs_f64(t - t0);
+                }
+                last = Some(t);
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no ping reply within {} s (log {}, errors in {})",
+                timeout.as_secs(),
+                self.log.display(),
+                self.log.with_extension("err").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl PingWatch {
+    /// The longest time without a reply between `since` and now.
+    pub fn longest_gap_since(&self, since: SystemTime) -> Duration {
+        let t0 = since.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let mut last = t0;
+        let mut gap: f64 = 0.0;
+        for t in self.replies().into_iter().filter(|&t| t > t0) {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        Duration::from_secs_f64(gap.max(now - last))
+    }
+}
+
+impl Drop for PingWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
