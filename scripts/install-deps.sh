@@ -10,7 +10,8 @@ set -euo pipefail
 #   mmdebstrap as the reference builder, chroot and tar; veritysetup (cryptsetup-bin)
 #   for the dm-verity writer; sgdisk, sfdisk, fsck.fat and mtools for the disk writers;
 #   QEMU, OVMF and a static busybox for the firmware boot test; OpenSSH's client, arping
-#   and ping for the multi-node test, which probes its private segment. For `slipway build`:
+#   and ping for the multi-node test, which probes its private segment; docker-registry
+#   (run on 127.0.0.1 by the tests only) and skopeo to push test images for the OCI client. For `slipway build`:
 #   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
 #   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
 #   generates its ioctl bindings from at build time.
@@ -20,7 +21,7 @@ APT_PACKAGES=(
     debian-archive-keyring gnupg dpkg mmdebstrap coreutils tar
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
-    openssh-client iputils-arping iputils-ping
+    openssh-client iputils-arping iputils-ping docker-registry skopeo
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).

@@ -61,6 +61,16 @@ enum Cmd {
         #[command(flatten)]
         debian: DebianArgs,
     },
+    /// Pull container images pinned by digest (REGISTRY/REPO[:TAG]@sha256:HEX), their
+    /// linux/amd64 manifest, config and layers verified, into the download cache
+    Pull {
+        /// Image references
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Download cache [default: $SLIPWAY_CACHE, $XDG_CACHE_HOME/slipway or ~/.cache/slipway]
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
     /// Resolve image profiles against their mirror and rewrite the lock file
     Lock {
         /// Profiles to resolve [default: base, control-plane, worker]
@@ -307,6 +317,22 @@ fn run(cli: Cli) -> Result<()> {
                     bytes / 1_000_000,
                     opts.cache.display(),
                     if updated { " (lock updated)" } else { "" }
+                );
+            }
+        }
+        Cmd::Pull { images, cache } => {
+            let cache = slipway::debian::fetch::Cache::new(
+                &cache.unwrap_or_else(slipway::rootfs::default_cache),
+            );
+            let client = slipway::oci::Client::new(&cache);
+            for i in images {
+                let r: slipway::oci::Reference = i.parse()?;
+                let p = client.pull(&r)?;
+                let bytes: u64 = p.layers.iter().map(|l| l.size).sum();
+                println!(
+                    "{r}: manifest sha256:{}, {} layers, {bytes} bytes",
+                    p.manifest.sha256,
+                    p.layers.len()
                 );
             }
         }

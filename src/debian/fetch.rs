@@ -19,13 +19,13 @@ use sha2::{Digest, Sha256};
 pub enum FetchError {
     #[error("fetching {url}: {reason}")]
     Http { url: String, reason: String },
-    #[error("{url}: SHA-256 is {got}, the signed index says {want}")]
+    #[error("{url}: SHA-256 is {got}, expected {want} (from the signed index or manifest)")]
     HashMismatch {
         url: String,
         want: String,
         got: String,
     },
-    #[error("{url}: {got} bytes, the signed index says {want}")]
+    #[error("{url}: {got} bytes, expected {want} (from the signed index or manifest)")]
     SizeMismatch { url: String, want: u64, got: u64 },
     #[error("{op} {path}")]
     Io {
@@ -46,7 +46,7 @@ pub struct Want {
 
 pub struct Cache {
     pub dir: PathBuf,
-    agent: ureq::Agent,
+    pub(crate) agent: ureq::Agent,
 }
 
 impl Cache {
@@ -102,6 +102,17 @@ impl Cache {
     /// Makes sure every blob is cached and verified, downloading what is missing with a
     /// few parallel connections. Returns each blob's path, in the order given.
     pub fn ensure_all(&self, wants: &[Want], label: &str) -> Result<Vec<PathBuf>, FetchError> {
+        self.ensure_all_with(wants, label, None)
+    }
+
+    /// [`Cache::ensure_all`], sending `authorization` (a registry's bearer token: never
+    /// logged or stored) as the Authorization header of each download.
+    pub fn ensure_all_with(
+        &self,
+        wants: &[Want],
+        label: &str,
+        authorization: Option<&str>,
+    ) -> Result<Vec<PathBuf>, FetchError> {
         // Each missing blob once: two downloads into one partial file would corrupt it.
         let mut missing = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -125,7 +136,7 @@ impl Cache {
                             let Some(i) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                                 return;
                             };
-                            if let Err(e) = self.download(&wants[i], &bar)
+                            if let Err(e) = self.download(&wants[i], &bar, authorization)
                                 && let Ok(mut slot) = first_error.lock()
                             {
                                 slot.get_or_insert(e);
@@ -142,7 +153,12 @@ impl Cache {
         Ok(wants.iter().map(|w| self.blob_path(&w.sha256)).collect())
     }
 
-    fn download(&self, want: &Want, bar: &ProgressBar) -> Result<(), FetchError> {
+    fn download(
+        &self,
+        want: &Want,
+        bar: &ProgressBar,
+        authorization: Option<&str>,
+    ) -> Result<(), FetchError> {
         let partial_dir = self.dir.join("partial");
         let blob_dir = self.dir.join("sha256");
         for d in [&partial_dir, &blob_dir] {
@@ -173,6 +189,9 @@ impl Cache {
             have = 0;
         }
         let mut req = self.agent.get(&want.url);
+        if let Some(a) = authorization {
+            req = req.header("Authorization", a);
+        }
         if have > 0 {
             req = req.header("Range", format!("bytes={have}-"));
         }
