@@ -11,7 +11,8 @@ CLUSTER ?= examples/homelab/cluster.toml
 export SLIPWAY_TEST_CACHE := $(CURDIR)/target/slipway-cache
 export SLIPWAY_TEST_LOCK := $(CURDIR)/target/test-debian/slipway.lock
 # PID 1 of every initramfs: linked statically (glibc, crt-static), since the initramfs
-# holds no libc. `slipway build` and the tests take it from here.
+# holds no libc. `slipway build` and the tests take it from here, and slipway-pause (the
+# pod sandbox image's only file, built by the same crate) from beside it.
 export SLIPWAY_INIT := $(CURDIR)/target/init/slipway-init
 INIT_TARGET := x86_64-unknown-linux-gnu
 
@@ -25,6 +26,7 @@ init: deps
 	    $(CARGO) build --release --locked -p slipway-init --target $(INIT_TARGET)
 	mkdir -p $(dir $(SLIPWAY_INIT))
 	cp target/$(INIT_TARGET)/release/slipway-init $(SLIPWAY_INIT)
+	cp target/$(INIT_TARGET)/release/slipway-pause $(dir $(SLIPWAY_INIT))slipway-pause
 
 build: deps init
 	$(CARGO) build --release --locked

@@ -198,7 +198,7 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
     // The example cluster with a test-only admin key.
     let cluster = harness::example_with_key(&common::example(), &key, &dir);
     let out = dir.join("out");
-    common::build(&cluster, &dir.join("secrets"), &out, false);
+    let manifest = common::build(&cluster, &dir.join("secrets"), &out, false);
     let disk = harness::disk_copy(&out.join("nodes/master1/disk.raw"), &dir, "master1");
     std::fs::OpenOptions::new()
         .write(true)
@@ -236,6 +236,22 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
     );
     let (code, active) = run("systemctl is-active containerd haproxy keepalived");
     assert_eq!(code, 0, "not all active: {active}");
+    // The baked images are in containerd's k8s.io namespace with the digests the build
+    // recorded, with no route out of this network.
+    let (code, images) =
+        run("systemctl is-active slipway-images >/dev/null && sudo ctr -n k8s.io images ls");
+    assert_eq!(code, 0, "slipway-images or ctr failed: {images}");
+    assert!(!manifest.images.is_empty());
+    for i in &manifest.images {
+        assert!(
+            images
+                .lines()
+                .any(|l| l.starts_with(&format!("{} ", i.name)) && l.contains(&i.digest)),
+            "{} {} not imported: {images}",
+            i.name,
+            i.digest
+        );
+    }
     let (_, root) = run("findmnt -no SOURCE,FSTYPE,OPTIONS /");
     assert!(
         root.contains("squashfs")

@@ -186,13 +186,23 @@ fn the_example_cluster_holds_its_vip_through_failures() {
     assert!(dropped > 0, "master1's drop counter did not count: {chain}");
     clock.step("firewall");
 
-    // containerd on every node; kubelet only when the image has the binary.
+    // containerd on every node with the baked images imported (no node can pull: the
+    // segment has no way out); kubelet only when the image has the binary.
     for n in &names {
         let (code, out) = c.ssh(
             n,
-            "systemctl is-active containerd && sudo ctr version >/dev/null && sudo ctr -n k8s.io images ls -q | wc -l",
+            "systemctl is-active containerd slipway-images >/dev/null && sudo ctr -n k8s.io images ls",
         );
         assert_eq!(code, 0, "{n}: containerd not serving: {out}");
+        for i in &c.images {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&format!("{} ", i.name)) && l.contains(&i.digest)),
+                "{n}: {} {} not in containerd: {out}",
+                i.name,
+                i.digest
+            );
+        }
         let (_, kubelet) = c.ssh(
             n,
             "test -x /usr/bin/kubelet && echo present || systemctl show -p ConditionResult --value kubelet",
@@ -204,7 +214,7 @@ fn the_example_cluster_holds_its_vip_through_failures() {
             );
         }
     }
-    clock.step("containerd");
+    clock.step("containerd and the baked images");
 
     // Failover: master1 loses power, then master2.
     let watch = PingWatch::start(&c, &c.vip);

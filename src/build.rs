@@ -41,6 +41,8 @@ pub enum BuildError {
     },
     #[error("slipway-init {path}: {reason}")]
     Init { path: PathBuf, reason: String },
+    #[error("slipway-pause {path}: {reason}")]
+    Pause { path: PathBuf, reason: String },
     #[error("role {role}: {reason}")]
     Image { role: String, reason: String },
     #[error("writing output")]
@@ -53,7 +55,8 @@ pub enum BuildError {
 pub struct BuildOptions {
     pub rootfs: rootfs::Options,
     pub secrets_dir: PathBuf,
-    /// The statically linked slipway-init.
+    /// The statically linked slipway-init; slipway-pause (the pod sandbox image's
+    /// binary) is taken from the same directory.
     pub init: PathBuf,
     /// Also write `images/ROLE.qcow2` (qemu-img).
     pub qcow2: bool,
@@ -85,6 +88,22 @@ pub struct RoleSummary {
     pub initramfs_modules: Vec<String>,
 }
 
+/// A container image in the OS image.
+#[derive(Debug, Clone, Serialize)]
+pub struct BakedImage {
+    pub name: String,
+    /// The manifest's digest, as `ctr images ls` shows it.
+    pub digest: String,
+    /// Where in the root filesystem the OCI archive lies.
+    pub path: String,
+    pub size: u64,
+    /// What it was made from.
+    pub source: String,
+}
+
+/// Where baked image archives lie in the root filesystem.
+pub const IMAGES_DIR: &str = "usr/share/slipway/images";
+
 /// What `DIR/manifest.json` holds and `--json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
@@ -93,6 +112,9 @@ pub struct Manifest {
     pub roles: Vec<RoleSummary>,
     /// Node name -> role.
     pub nodes: BTreeMap<String, String>,
+    /// Container images baked into every role's image and imported into containerd
+    /// before kubelet starts.
+    pub images: Vec<BakedImage>,
     pub artifacts: Vec<Artifact>,
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -146,11 +168,41 @@ pub fn build(
         reason,
     })?;
     let epoch = opts.rootfs.source_date_epoch;
+    let pause_path = opts.init.with_file_name("slipway-pause");
+    let pause = fs::read(&pause_path).map_err(|e| BuildError::Pause {
+        path: pause_path.clone(),
+        reason: format!("{e} (`make init` builds it beside slipway-init)"),
+    })?;
+    crate::image::initramfs::check_static_init(&pause).map_err(|reason| BuildError::Pause {
+        path: pause_path.clone(),
+        reason,
+    })?;
 
     // 1. model, secrets, rendered nodes (pure apart from the secrets directory)
     let prepared = pipeline::prepare(cluster_path, &opts.secrets_dir, &opts.rootfs.data)?;
     let cluster = &prepared.cluster;
     let rendered = &prepared.nodes;
+
+    // Container images every node runs, baked in so that no node pulls them: the pod
+    // sandbox (pause) image under the name containerd is configured with.
+    let pause_image = crate::oci::archive::build(
+        &cluster.images.pause(),
+        &[crate::oci::archive::ImageFile {
+            path: "/pause".into(),
+            mode: 0o755,
+            bytes: pause,
+        }],
+        &["/pause"],
+        epoch,
+    )
+    .map_err(|reason| BuildError::Pause {
+        path: pause_path.clone(),
+        reason,
+    })?;
+    let baked = vec![(
+        pause_image,
+        format!("slipway-pause ({})", pause_path.display()),
+    )];
 
     // 2. one disk per role the cluster uses
     let mut roles: Vec<Role> = cluster.nodes.iter().map(|n| n.role).collect();
@@ -177,6 +229,7 @@ pub fn build(
     });
     let shared = rootfs::SharedDebs::default();
     let ctx = RoleContext {
+        baked: &baked,
         shared: &shared,
         opts,
         init: &init,
@@ -273,6 +326,16 @@ pub fn build(
             .iter()
             .map(|n| (n.name.clone(), n.role.as_str().to_string()))
             .collect(),
+        images: baked
+            .iter()
+            .map(|(a, source)| BakedImage {
+                name: a.name.clone(),
+                digest: format!("sha256:{}", a.manifest_sha256),
+                path: format!("/{IMAGES_DIR}/{}", archive_name(&a.name)),
+                size: a.bytes.len() as u64,
+                source: source.clone(),
+            })
+            .collect(),
         artifacts,
         warnings: prepared.warnings.clone(),
         seconds: 0.0,
@@ -291,6 +354,8 @@ pub fn build(
 
 /// What a role's build shares with the other roles'.
 struct RoleContext<'a> {
+    /// Container images for every role, with their sources.
+    baked: &'a [(crate::oci::archive::ImageArchive, String)],
     shared: &'a rootfs::SharedDebs,
     opts: &'a BuildOptions,
     init: &'a [u8],
@@ -315,12 +380,19 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         reason,
     };
     let (bar, t) = role_step(ctx.mp, format!("{name}: root filesystem"));
-    let r = rootfs::build_shared(name, &ctx.opts.rootfs, Some(ctx.shared)).map_err(|source| {
-        BuildError::Rootfs {
-            role: name.into(),
-            source,
-        }
-    })?;
+    let mut r =
+        rootfs::build_shared(name, &ctx.opts.rootfs, Some(ctx.shared)).map_err(|source| {
+            BuildError::Rootfs {
+                role: name.into(),
+                source,
+            }
+        })?;
+    for (image, _) in ctx.baked {
+        r.tree.insert(
+            &format!("{IMAGES_DIR}/{}", archive_name(&image.name)),
+            crate::fs::Entry::file(image.bytes.clone(), 0o644),
+        );
+    }
     done(bar, t);
     let (bar, t) = role_step(
         ctx.mp,
@@ -353,13 +425,15 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         size,
         sha256,
     });
-    let sbom_text = serde_json::to_vec_pretty(&rootfs::sbom::spdx(
-        name,
-        &r.locked.codename,
-        &r.locked.packages,
-        ctx.epoch,
-    ))
-    .map_err(|e| OutError::new("serializing the SBOM of", &raw, io::Error::other(e)))?;
+    let mut sbom_doc = rootfs::sbom::spdx(name, &r.locked.codename, &r.locked.packages, ctx.epoch);
+    let images: Vec<(&str, &str)> = ctx
+        .baked
+        .iter()
+        .map(|(a, _)| (a.name.as_str(), a.manifest_sha256.as_str()))
+        .collect();
+    rootfs::sbom::add_images(&mut sbom_doc, &images);
+    let sbom_text = serde_json::to_vec_pretty(&sbom_doc)
+        .map_err(|e| OutError::new("serializing the SBOM of", &raw, io::Error::other(e)))?;
     let sbom = rootfs::sbom_path(&ctx.images.join(format!("{name}.tar")));
     fsutil::write_atomic(&sbom, &sbom_text, 0o644)
         .map_err(|e| OutError::new("writing", &sbom, e))?;
@@ -393,6 +467,11 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         summary,
         artifacts,
     })
+}
+
+/// The file name of an image's archive: its reference with `/` and `:` made safe.
+fn archive_name(image: &str) -> String {
+    format!("{}.tar", image.replace(['/', ':'], "_"))
 }
 
 /// Runs `write` on a temporary name beside `path`, then renames it into place; on

@@ -185,6 +185,43 @@ fn root_is_squashfs_and_verity_verifies_it_and_refuses_a_flipped_byte() {
         assert!(listing.contains(p), "{p} missing from the root");
     }
     assert!(listing.contains("/modules.dep.bin"), "no modules.dep.bin");
+    // The baked container images, as manifest.json lists them, each an OCI archive that
+    // skopeo reads back with the recorded digest; and each in the SBOM.
+    let images = &b.manifest.images;
+    assert_eq!(
+        images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["registry.k8s.io/pause:3.10"]
+    );
+    let sbom = std::fs::read_to_string(b.out.join("images/control-plane.spdx.json")).unwrap();
+    for i in images {
+        assert!(
+            listing.contains(&format!("squashfs-root{}", i.path)),
+            "{} missing",
+            i.path
+        );
+        let x = tmp.path().join("x");
+        check(
+            Command::new("unsquashfs")
+                .arg("-q")
+                .arg("-d")
+                .arg(&x)
+                .arg(&root)
+                .arg(i.path.trim_start_matches('/')),
+        );
+        let raw = check(
+            Command::new("skopeo")
+                .args(["inspect", "--raw"])
+                .arg(format!("oci-archive:{}{}", x.display(), i.path)),
+        );
+        let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw.stdout));
+        assert_eq!(format!("sha256:{got}"), i.digest, "{}", i.name);
+        assert!(
+            sbom.contains(&format!("\"name\": \"{}\"", i.name)) && sbom.contains(&i.digest),
+            "{} not in the SBOM",
+            i.name
+        );
+        let _ = std::fs::remove_dir_all(&x);
+    }
 
     let roothash = role_hash("control-plane");
     check(

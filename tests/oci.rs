@@ -432,3 +432,66 @@ fn a_registry_that_wants_a_bearer_token_gets_one() {
         "{log:?}"
     );
 }
+
+#[test]
+fn built_archives_are_valid_oci_layouts_that_registries_take() {
+    use slipway::oci::archive::{ImageFile, build};
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build(
+        "127.0.0.1:5000/test/pause:1.0",
+        &[ImageFile {
+            path: "/pause".into(),
+            mode: 0o755,
+            bytes: std::fs::read(common::init_binary().with_file_name("slipway-pause"))
+                .expect("slipway-pause (make init builds it)"),
+        }],
+        &["/pause"],
+        1_700_000_000,
+    )
+    .unwrap();
+    let archive = tmp.path().join("pause.tar");
+    std::fs::write(&archive, &image.bytes).unwrap();
+    let policy = tmp.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    // skopeo reads the manifest back with the digest we recorded...
+    let raw = common::check(
+        Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}", archive.display())),
+    );
+    assert_eq!(sha(&raw.stdout), image.manifest_sha256);
+    let cfg = common::check(
+        Command::new("skopeo")
+            .args(["inspect", "--config"])
+            .arg(format!("oci-archive:{}", archive.display())),
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).unwrap();
+    assert_eq!(cfg["architecture"], "amd64");
+    assert_eq!(cfg["config"]["Entrypoint"][0], "/pause");
+    // ...copies it to a registry (verifying every blob on the way), and our client pulls
+    // the same manifest and layer back.
+    let reg = Registry::start(tmp.path());
+    common::check(
+        Command::new("skopeo")
+            .arg("--policy")
+            .arg(&policy)
+            .args([
+                "copy",
+                "--quiet",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://127.0.0.1:{}/test/pause:1.0", reg.port)),
+    );
+    let cache = Cache::new(&tmp.path().join("cache"));
+    let p = Client::new(&cache)
+        .pull(&reference(&reg, "test/pause", &image.manifest_sha256))
+        .unwrap();
+    assert_eq!(p.layers[0].sha256, image.layer_sha256);
+    assert_eq!(p.config.sha256, image.config_sha256);
+}

@@ -335,6 +335,10 @@ const EXPLAINED: &[(&str, &str)] = &[
     ),
     ("^usr/lib/os-release$", "IMAGE_ID and IMAGE_VERSION added"),
     (
+        "^usr/lib/(slipway(/|$)|systemd/system/slipway-)",
+        "Slipway's own unit and script (overlays/rootfs): baked container images into containerd",
+    ),
+    (
         "^usr/share/(man|doc)(/|$)",
         "documentation symlinks of alternatives",
     ),

@@ -33,6 +33,8 @@ pub struct TestCluster {
     pub key: TestKey,
     pub vip: String,
     pub nodes: Vec<Node>,
+    /// The container images the build baked in.
+    pub images: Vec<slipway::build::BakedImage>,
 }
 
 impl TestCluster {
@@ -44,7 +46,7 @@ impl TestCluster {
         let key = super::test_key(&dir);
         let cluster = super::example_with_key(&crate::common::example(), &key, &dir);
         let out = dir.join("out");
-        crate::common::build(&cluster, &dir.join("secrets"), &out, false);
+        let manifest = crate::common::build(&cluster, &dir.join("secrets"), &out, false);
         let (model, _) = slipway::cluster::Cluster::load(&cluster).unwrap();
         let nodes = model
             .nodes
@@ -67,6 +69,7 @@ impl TestCluster {
         TestCluster {
             lan: Lan::new(HOST_CIDR),
             vip: model.control_plane.vip.to_string(),
+            images: manifest.images,
             dir,
             key,
             nodes,

@@ -191,6 +191,13 @@ pub struct Images {
     pub pause_tag: String,
 }
 
+impl Images {
+    /// The pod sandbox image containerd is configured with (and `slipway build` bakes).
+    pub fn pause(&self) -> String {
+        format!("{}/pause:{}", self.repository, self.pause_tag)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
     pub subnet: Ipv4Net,

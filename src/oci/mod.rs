@@ -14,6 +14,8 @@
 //! handful of GETs on the `ureq` agent the package cache already has, which is why the
 //! async `oci-client` crate (tokio, reqwest) was not taken.
 
+pub mod archive;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;

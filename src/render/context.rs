@@ -125,7 +125,7 @@ impl<'a> Context<'a> {
                 controller_manager: format!("{repo}/kube-controller-manager:{v}"),
                 scheduler: format!("{repo}/kube-scheduler:{v}"),
                 etcd: format!("{repo}/etcd:{}", cluster.images.etcd_tag),
-                pause: format!("{repo}/pause:{}", cluster.images.pause_tag),
+                pause: cluster.images.pause(),
             },
             subnet: net.subnet.to_string(),
             subnet_prefix: net.subnet.prefix_len(),

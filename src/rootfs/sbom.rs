@@ -77,3 +77,36 @@ fn spdx_id(name: &str) -> String {
         })
         .collect()
 }
+
+/// Adds container images (name `REGISTRY/REPOSITORY:TAG`, manifest SHA-256) to an SPDX
+/// document from [`spdx`], as OCI packages with purls.
+pub fn add_images(doc: &mut serde_json::Value, images: &[(&str, &str)]) {
+    for (name, sha) in images {
+        let (repo, tag) = name.rsplit_once(':').unwrap_or((name, ""));
+        let last = repo.rsplit('/').next().unwrap_or(repo);
+        let id = format!("SPDXRef-Package-oci-{}", spdx_id(name));
+        if let Some(p) = doc["packages"].as_array_mut() {
+            p.push(json!({
+                "SPDXID": id,
+                "name": name,
+                "versionInfo": format!("sha256:{sha}"),
+                "supplier": "NOASSERTION",
+                "downloadLocation": "NOASSERTION",
+                "filesAnalyzed": false,
+                "checksums": [{ "algorithm": "SHA256", "checksumValue": sha }],
+                "externalRefs": [{
+                    "referenceCategory": "PACKAGE-MANAGER",
+                    "referenceType": "purl",
+                    "referenceLocator": format!("pkg:oci/{last}@sha256%3A{sha}?repository_url={repo}&tag={tag}"),
+                }],
+            }));
+        }
+        if let Some(r) = doc["relationships"].as_array_mut() {
+            r.push(json!({
+                "spdxElementId": "SPDXRef-DOCUMENT",
+                "relationshipType": "DESCRIBES",
+                "relatedSpdxElement": id,
+            }));
+        }
+    }
+}
