@@ -252,6 +252,23 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
             i.digest
         );
     }
+    // The sandbox image runs under containerd and runc, and stops on SIGTERM.
+    let pause = &manifest.images[0].name;
+    let (code, task) = run(&format!(
+        "sudo ctr -n k8s.io run -d {pause} pause-test >/dev/null && sleep 2 && \
+         sudo ctr -n k8s.io task ls && sudo ctr -n k8s.io task kill -s SIGTERM pause-test && \
+         for i in 1 2 3 4 5 6 7 8 9 10; do sudo ctr -n k8s.io task ls | grep -q 'pause-test.*STOPPED' && break; sleep 1; done; \
+         sudo ctr -n k8s.io task ls"
+    ));
+    assert_eq!(code, 0, "ctr run of {pause}: {task}");
+    let lines: Vec<&str> = task
+        .lines()
+        .filter(|l| l.starts_with("pause-test"))
+        .collect();
+    assert!(
+        lines.len() == 2 && lines[0].contains("RUNNING") && lines[1].contains("STOPPED"),
+        "{pause} did not run, or did not stop on SIGTERM: {task}"
+    );
     let (_, root) = run("findmnt -no SOURCE,FSTYPE,OPTIONS /");
     assert!(
         root.contains("squashfs")

@@ -99,6 +99,8 @@ pub struct BakedImage {
     pub size: u64,
     /// What it was made from.
     pub source: String,
+    /// The roles whose images carry it.
+    pub roles: Vec<String>,
 }
 
 /// Where baked image archives lie in the root filesystem.
@@ -199,9 +201,10 @@ pub fn build(
         path: pause_path.clone(),
         reason,
     })?;
+    let pause_sha = hex::encode(Sha256::digest(&pause_image.bytes));
     let baked = vec![(
         pause_image,
-        format!("slipway-pause ({})", pause_path.display()),
+        format!("slipway-pause (archive sha256:{pause_sha})"),
     )];
 
     // 2. one disk per role the cluster uses
@@ -253,7 +256,17 @@ pub fn build(
     let mut disks: BTreeMap<Role, RoleDisk> = BTreeMap::new();
     let mut summaries = Vec::new();
     let mut known: BTreeMap<String, Artifact> = BTreeMap::new();
+    let mut baked_images: Vec<BakedImage> = Vec::new();
     for b in built {
+        for i in &b.images {
+            match baked_images
+                .iter_mut()
+                .find(|x| x.name == i.name && x.digest == i.digest)
+            {
+                Some(x) => x.roles.extend(i.roles.iter().cloned()),
+                None => baked_images.push(i.clone()),
+            }
+        }
         summaries.push(b.summary);
         known.extend(b.artifacts.into_iter().map(|a| (a.path.clone(), a)));
         disks.insert(b.role, b.disk);
@@ -326,16 +339,7 @@ pub fn build(
             .iter()
             .map(|n| (n.name.clone(), n.role.as_str().to_string()))
             .collect(),
-        images: baked
-            .iter()
-            .map(|(a, source)| BakedImage {
-                name: a.name.clone(),
-                digest: format!("sha256:{}", a.manifest_sha256),
-                path: format!("/{IMAGES_DIR}/{}", archive_name(&a.name)),
-                size: a.bytes.len() as u64,
-                source: source.clone(),
-            })
-            .collect(),
+        images: baked_images,
         artifacts,
         warnings: prepared.warnings.clone(),
         seconds: 0.0,
@@ -366,6 +370,8 @@ struct RoleContext<'a> {
 
 struct RoleBuilt {
     role: Role,
+    /// The container images in its root.
+    images: Vec<BakedImage>,
     disk: RoleDisk,
     summary: RoleSummary,
     /// The role's images, hashed as they were written.
@@ -387,11 +393,26 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
                 source,
             }
         })?;
-    for (image, _) in ctx.baked {
-        r.tree.insert(
-            &format!("{IMAGES_DIR}/{}", archive_name(&image.name)),
-            crate::fs::Entry::file(image.bytes.clone(), 0o644),
-        );
+    done(bar, t);
+    let (bar, t) = role_step(ctx.mp, format!("{name}: container images"));
+    let mut archives: Vec<(crate::oci::archive::ImageArchive, String)> = ctx.baked.to_vec();
+    for img in &r.profile.images {
+        archives.retain(|(a, _)| a.name != img.name);
+        archives.push(profile_image(img, ctx).map_err(image_err)?);
+    }
+    let mut baked = Vec::new();
+    for (image, source) in &archives {
+        let path = format!("{IMAGES_DIR}/{}", archive_name(&image.name));
+        r.tree
+            .insert(&path, crate::fs::Entry::file(image.bytes.clone(), 0o644));
+        baked.push(BakedImage {
+            name: image.name.clone(),
+            digest: format!("sha256:{}", image.manifest_sha256),
+            path: format!("/{path}"),
+            size: image.bytes.len() as u64,
+            source: source.clone(),
+            roles: vec![name.to_string()],
+        });
     }
     done(bar, t);
     let (bar, t) = role_step(
@@ -426,8 +447,7 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         sha256,
     });
     let mut sbom_doc = rootfs::sbom::spdx(name, &r.locked.codename, &r.locked.packages, ctx.epoch);
-    let images: Vec<(&str, &str)> = ctx
-        .baked
+    let images: Vec<(&str, &str)> = archives
         .iter()
         .map(|(a, _)| (a.name.as_str(), a.manifest_sha256.as_str()))
         .collect();
@@ -463,10 +483,58 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     };
     Ok(RoleBuilt {
         role,
+        images: baked,
         disk,
         summary,
         artifacts,
     })
+}
+
+/// A profile's `[[images]]` entry as an archive, with its source for manifest.json:
+/// pulled (verified) into the package cache and repacked with its digests unchanged, or
+/// made from a directory's files.
+fn profile_image(
+    img: &crate::profile::image::ContainerImage,
+    ctx: &RoleContext<'_>,
+) -> Result<(crate::oci::archive::ImageArchive, String), String> {
+    use crate::profile::image::ImageSource;
+    match &img.source {
+        ImageSource::Registry(reference) => {
+            let r: crate::oci::Reference = reference.parse().map_err(|e| format!("{e}"))?;
+            let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
+            let pulled = crate::oci::Client::new(&cache)
+                .pull(&r)
+                .map_err(|e| format!("image {}: {e}", img.name))?;
+            let a = crate::oci::archive::from_pulled(&img.name, &pulled, ctx.epoch)?;
+            Ok((a, format!("oci:{reference}")))
+        }
+        ImageSource::Dir(dir) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mut files = Vec::new();
+            let walked = crate::profile::walk(dir)
+                .map_err(|e| format!("image {} (dir:{}): {e}", img.name, dir.display()))?;
+            for p in walked {
+                let err = |e: io::Error| format!("image {}: {}: {e}", img.name, p.display());
+                let meta = fs::metadata(&p).map_err(err)?;
+                let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy();
+                files.push(crate::oci::archive::ImageFile {
+                    path: format!("/{rel}"),
+                    mode: meta.permissions().mode() & 0o7777,
+                    bytes: fs::read(&p).map_err(err)?,
+                });
+            }
+            if files.is_empty() {
+                return Err(format!(
+                    "image {} (dir:{}): the directory has no files",
+                    img.name,
+                    dir.display()
+                ));
+            }
+            let entry: Vec<&str> = img.entrypoint.iter().map(String::as_str).collect();
+            let a = crate::oci::archive::build(&img.name, &files, &entry, ctx.epoch)?;
+            Ok((a, format!("dir:{}", dir.display())))
+        }
+    }
 }
 
 /// The file name of an image's archive: its reference with `/` and `:` made safe.

@@ -495,3 +495,105 @@ fn built_archives_are_valid_oci_layouts_that_registries_take() {
     assert_eq!(p.layers[0].sha256, image.layer_sha256);
     assert_eq!(p.config.sha256, image.config_sha256);
 }
+
+/// A profile's `[[images]]`: one pulled from a registry (pinned), one made from a
+/// directory; both end up in the control-plane root only, listed with their digests.
+#[test]
+fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let l = layout(&tmp.path().join("layout"), &["amd64", "arm64"]);
+    push(&reg, &l, "test/hello", tmp.path());
+    // A data directory: the project's profiles and overlays, plus images for the
+    // control-plane role.
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for d in ["profiles", "overlays"] {
+        common::check(
+            Command::new("cp")
+                .arg("-a")
+                .arg(common::repo().join(d))
+                .arg(&data),
+        );
+    }
+    std::fs::create_dir_all(data.join("tools/usr/bin")).unwrap();
+    std::fs::write(data.join("tools/usr/bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    let cp = data.join("profiles/control-plane.toml");
+    let mut text = std::fs::read_to_string(&cp).unwrap();
+    text.push_str(&format!(
+        "\n[[images]]\nname = \"registry.example/test/hello:v1\"\nsource = \"oci:127.0.0.1:{}/test/hello:v1@sha256:{}\"\n\n[[images]]\nname = \"registry.example/test/tool:1\"\nsource = \"dir:tools\"\nentrypoint = [\"/usr/bin/tool\"]\n",
+        reg.port, l.index
+    ));
+    std::fs::write(&cp, text).unwrap();
+    let mut rootfs = common::offline_options();
+    rootfs.data = slipway::profile::DataDir::new(&data);
+    let opts = slipway::build::BuildOptions {
+        rootfs,
+        secrets_dir: tmp.path().join("secrets"),
+        init: common::init_binary(),
+        qcow2: false,
+        progress: false,
+    };
+    let out = tmp.path().join("out");
+    let m = slipway::build::build(&common::example(), &opts, &out).unwrap();
+    let find = |n: &str| m.images.iter().find(|i| i.name == n).unwrap();
+    let hello = find("registry.example/test/hello:v1");
+    let (_, amd64, _) = l.images.iter().find(|i| i.0 == "amd64").unwrap();
+    assert_eq!(hello.digest, format!("sha256:{amd64}"));
+    assert_eq!(hello.roles, ["control-plane"]);
+    let tool = find("registry.example/test/tool:1");
+    assert_eq!(tool.roles, ["control-plane"]);
+    assert_eq!(find("registry.k8s.io/pause:3.10").roles.len(), 2);
+    // Read back from the control-plane root by skopeo: the recorded digests, and the
+    // tool's file with its mode.
+    let disk = out.join("images/control-plane.raw");
+    let root_part = common::sfdisk_parts(&disk)
+        .into_iter()
+        .find(|p| p.name == "root-a")
+        .unwrap();
+    let root = tmp.path().join("root.sqfs");
+    std::fs::write(
+        &root,
+        common::read_range(&disk, root_part.start, root_part.size),
+    )
+    .unwrap();
+    let x = tmp.path().join("x");
+    common::check(
+        Command::new("unsquashfs")
+            .args(["-q", "-d"])
+            .arg(&x)
+            .arg(&root)
+            .arg("usr/share/slipway/images"),
+    );
+    for i in [hello, tool] {
+        let raw = common::check(
+            Command::new("skopeo")
+                .args(["inspect", "--raw"])
+                .arg(format!("oci-archive:{}{}", x.display(), i.path)),
+        );
+        assert_eq!(
+            format!("sha256:{}", sha(&raw.stdout)),
+            i.digest,
+            "{}",
+            i.name
+        );
+    }
+    let unpacked = tmp.path().join("tool-oci");
+    common::check(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--policy"])
+            .arg(tmp.path().join("policy.json"))
+            .arg(format!("oci-archive:{}{}", x.display(), tool.path))
+            .arg(format!("oci:{}", unpacked.display())),
+    );
+    // A bad source is refused by profile, field and reason.
+    let mut text = std::fs::read_to_string(&cp).unwrap();
+    text.push_str("\n[[images]]\nname = \"registry.example/x:1\"\nsource = \"http://x\"\n");
+    std::fs::write(&cp, text).unwrap();
+    let e = slipway::build::build(&common::example(), &opts, &out).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("control-plane.toml") && e.contains("images[2].source"),
+        "{e}"
+    );
+}

@@ -36,11 +36,7 @@ pub fn build(
     entrypoint: &[&str],
     epoch: u64,
 ) -> Result<ImageArchive, String> {
-    let tag = name
-        .rsplit_once(':')
-        .filter(|(repo, t)| !t.is_empty() && !t.contains('/') && repo.contains('/'))
-        .map(|(_, t)| t.to_string())
-        .ok_or_else(|| format!("image name {name:?}: expected REGISTRY/REPOSITORY:TAG"))?;
+    let tag = tag_of(name)?;
 
     // The layer: parent directories, then files, sorted, owned by root.
     let mut entries: std::collections::BTreeMap<String, Option<&ImageFile>> = Default::default();
@@ -122,10 +118,73 @@ pub fn build(
     });
     let manifest = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     let manifest_sha = hex::encode(Sha256::digest(&manifest));
+    let blobs = vec![(config_sha.clone(), config), (layer_sha.clone(), layer)];
+    let bytes = layout_tar(name, &tag, MANIFEST_TYPE, &manifest, blobs, epoch)?;
+    Ok(ImageArchive {
+        name: name.to_string(),
+        manifest_sha256: manifest_sha,
+        config_sha256: config_sha,
+        layer_sha256: layer_sha,
+        bytes,
+    })
+}
+
+/// An archive of a pulled image (its blobs read from the cache, digests unchanged),
+/// imported as `name`.
+pub fn from_pulled(name: &str, pulled: &super::Pulled, epoch: u64) -> Result<ImageArchive, String> {
+    let tag = tag_of(name)?;
+    let read = |b: &super::Blob| {
+        std::fs::read(&b.path).map_err(|e| format!("image {name}: {}: {e}", b.path.display()))
+    };
+    let manifest = read(&pulled.manifest)?;
+    let mut blobs = vec![(pulled.config.sha256.clone(), read(&pulled.config)?)];
+    for l in &pulled.layers {
+        blobs.push((l.sha256.clone(), read(l)?));
+    }
+    let layer_sha256 = pulled
+        .layers
+        .first()
+        .map(|l| l.sha256.clone())
+        .unwrap_or_default();
+    let bytes = layout_tar(
+        name,
+        &tag,
+        &pulled.manifest.media_type,
+        &manifest,
+        blobs,
+        epoch,
+    )?;
+    Ok(ImageArchive {
+        name: name.to_string(),
+        manifest_sha256: pulled.manifest.sha256.clone(),
+        config_sha256: pulled.config.sha256.clone(),
+        layer_sha256,
+        bytes,
+    })
+}
+
+fn tag_of(name: &str) -> Result<String, String> {
+    name.rsplit_once(':')
+        .filter(|(repo, t)| !t.is_empty() && !t.contains('/') && repo.contains('/'))
+        .map(|(_, t)| t.to_string())
+        .ok_or_else(|| format!("image name {name:?}: expected REGISTRY/REPOSITORY:TAG"))
+}
+
+/// The OCI image layout tar: `oci-layout`, `index.json` naming the manifest as `name`,
+/// and every blob, in a fixed order with fixed metadata.
+fn layout_tar(
+    name: &str,
+    tag: &str,
+    manifest_type: &str,
+    manifest: &[u8],
+    mut blobs: Vec<(String, Vec<u8>)>,
+    epoch: u64,
+) -> Result<Vec<u8>, String> {
+    let manifest_sha = hex::encode(Sha256::digest(manifest));
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": MANIFEST_TYPE,
+            "mediaType": manifest_type,
             "digest": format!("sha256:{manifest_sha}"),
             "size": manifest.len(),
             "platform": { "architecture": "amd64", "os": "linux" },
@@ -136,14 +195,9 @@ pub fn build(
         }],
     });
     let index = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
-
-    // The layout, in a fixed order.
-    let mut blobs = vec![
-        (config_sha.clone(), config),
-        (layer_sha.clone(), layer),
-        (manifest_sha.clone(), manifest),
-    ];
+    blobs.push((manifest_sha, manifest.to_vec()));
     blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    blobs.dedup_by(|a, b| a.0 == b.0);
     let mut out = tar::Builder::new(Vec::new());
     let mut add = |path: &str, bytes: &[u8], dir: bool| {
         let mut h = tar::Header::new_ustar();
@@ -168,16 +222,8 @@ pub fn build(
     for (sha, bytes) in &blobs {
         add(&format!("blobs/sha256/{sha}"), bytes, false)?;
     }
-    let bytes = out
-        .into_inner()
-        .map_err(|e| format!("image {name}: archive: {e}"))?;
-    Ok(ImageArchive {
-        name: name.to_string(),
-        manifest_sha256: manifest_sha,
-        config_sha256: config_sha,
-        layer_sha256: layer_sha,
-        bytes,
-    })
+    out.into_inner()
+        .map_err(|e| format!("image {name}: archive: {e}"))
 }
 
 #[cfg(test)]

@@ -23,6 +23,36 @@ struct ImageFile {
     packages: Vec<String>,
     #[serde(default)]
     initramfs_modules: Vec<String>,
+    #[serde(default)]
+    images: Vec<ImageEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageEntry {
+    name: String,
+    source: String,
+    #[serde(default)]
+    entrypoint: Vec<String>,
+}
+
+/// A container image to bake into the OS image (`[[images]]` in a profile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    /// `REGISTRY/REPOSITORY:TAG`: what containerd knows it as.
+    pub name: String,
+    pub source: ImageSource,
+    /// For `dir:` sources: what the image runs.
+    pub entrypoint: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// `oci:REF@sha256:HEX`: pulled from a registry, digest pinned.
+    Registry(String),
+    /// `dir:PATH`: the files under PATH (relative to the data directory), at the same
+    /// paths in the image's one layer.
+    Dir(PathBuf),
 }
 
 /// A profile with its `extends` chain merged.
@@ -42,6 +72,9 @@ pub struct ImageProfile {
     /// Kernel modules the initramfs loads before it looks for the root (with their
     /// dependencies), in profile order.
     pub initramfs_modules: Vec<String>,
+    /// Container images baked in, in profile order (a later profile's entry with the
+    /// same name replaces an earlier one).
+    pub images: Vec<ContainerImage>,
 }
 
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -94,6 +127,7 @@ impl ImageProfile {
             keyring: PathBuf::from(DEFAULT_KEYRING),
             packages: Vec::new(),
             initramfs_modules: Vec::new(),
+            images: Vec::new(),
         };
         let mut packages: Vec<String> = Vec::new();
         for (_, path, f) in chain {
@@ -131,6 +165,53 @@ impl ImageProfile {
                 if !p.initramfs_modules.contains(&m) {
                     p.initramfs_modules.push(m);
                 }
+            }
+            for (i, e) in f.images.into_iter().enumerate() {
+                let bad = |field: &str, reason: String| ProfileError::Invalid {
+                    path: path.clone(),
+                    field: format!("images[{i}].{field}"),
+                    reason,
+                };
+                let tag_ok = e
+                    .name
+                    .rsplit_once(':')
+                    .is_some_and(|(r, t)| r.contains('/') && !t.is_empty() && !t.contains('/'));
+                if !tag_ok || e.name.contains(char::is_whitespace) || e.name.contains('@') {
+                    return Err(bad(
+                        "name",
+                        format!("{:?} is not REGISTRY/REPOSITORY:TAG", e.name),
+                    ));
+                }
+                let source = if let Some(r) = e.source.strip_prefix("oci:") {
+                    r.parse::<crate::oci::Reference>()
+                        .map_err(|err| bad("source", err.to_string()))?;
+                    ImageSource::Registry(r.to_string())
+                } else if let Some(d) = e.source.strip_prefix("dir:") {
+                    if d.is_empty() {
+                        return Err(bad("source", "dir: needs a directory".into()));
+                    }
+                    if e.entrypoint.is_empty() {
+                        return Err(bad(
+                            "entrypoint",
+                            "a dir: image needs the command it runs".into(),
+                        ));
+                    }
+                    ImageSource::Dir(root.join(d))
+                } else {
+                    return Err(bad(
+                        "source",
+                        format!(
+                            "{:?}: expected oci:REGISTRY/REPOSITORY@sha256:HEX or dir:PATH",
+                            e.source
+                        ),
+                    ));
+                };
+                p.images.retain(|x| x.name != e.name);
+                p.images.push(ContainerImage {
+                    name: e.name,
+                    source,
+                    entrypoint: e.entrypoint,
+                });
             }
             for (i, pkg) in f.packages.into_iter().enumerate() {
                 if pkg.is_empty() || pkg.contains(char::is_whitespace) {
