@@ -160,27 +160,35 @@ fn layout(dir: &Path, archs: &[&str]) -> Layout {
     }
 }
 
-/// Pushes `l` to `reg` as REPO:v1 with skopeo, digests preserved.
-fn push(reg: &Registry, l: &Layout, repo: &str, dir: &Path) {
+/// `skopeo copy` (digests preserved; `--all` for indexes) with a policy that accepts
+/// unsigned images, kept in `dir`.
+fn skopeo_copy(dir: &Path, from: &str, to: &str, all: bool) {
     let policy = dir.join("policy.json");
     std::fs::write(
         &policy,
         r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
     )
     .unwrap();
-    common::check(
-        Command::new("skopeo")
-            .arg("--policy")
-            .arg(&policy)
-            .args([
-                "copy",
-                "--quiet",
-                "--all",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-            ])
-            .arg(format!("oci:{}:v1", l.dir.display()))
-            .arg(format!("docker://127.0.0.1:{}/{repo}:v1", reg.port)),
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--policy").arg(&policy).args([
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
+    if all {
+        cmd.arg("--all");
+    }
+    common::check(cmd.arg(from).arg(to));
+}
+
+/// Pushes `l` to `reg` as REPO:v1 with skopeo, digests preserved.
+fn push(reg: &Registry, l: &Layout, repo: &str, dir: &Path) {
+    skopeo_copy(
+        dir,
+        &format!("oci:{}:v1", l.dir.display()),
+        &format!("docker://127.0.0.1:{}/{repo}:v1", reg.port),
+        true,
     );
 }
 
@@ -451,12 +459,6 @@ fn built_archives_are_valid_oci_layouts_that_registries_take() {
     .unwrap();
     let archive = tmp.path().join("pause.tar");
     std::fs::write(&archive, &image.bytes).unwrap();
-    let policy = tmp.path().join("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .unwrap();
     // skopeo reads the manifest back with the digest we recorded...
     let raw = common::check(
         Command::new("skopeo")
@@ -475,18 +477,11 @@ fn built_archives_are_valid_oci_layouts_that_registries_take() {
     // ...copies it to a registry (verifying every blob on the way), and our client pulls
     // the same manifest and layer back.
     let reg = Registry::start(tmp.path());
-    common::check(
-        Command::new("skopeo")
-            .arg("--policy")
-            .arg(&policy)
-            .args([
-                "copy",
-                "--quiet",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-            ])
-            .arg(format!("oci-archive:{}", archive.display()))
-            .arg(format!("docker://127.0.0.1:{}/test/pause:1.0", reg.port)),
+    skopeo_copy(
+        tmp.path(),
+        &format!("oci-archive:{}", archive.display()),
+        &format!("docker://127.0.0.1:{}/test/pause:1.0", reg.port),
+        false,
     );
     let cache = Cache::new(&tmp.path().join("cache"));
     let p = Client::new(&cache)
@@ -579,12 +574,11 @@ fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
         );
     }
     let unpacked = tmp.path().join("tool-oci");
-    common::check(
-        Command::new("skopeo")
-            .args(["copy", "--quiet", "--policy"])
-            .arg(tmp.path().join("policy.json"))
-            .arg(format!("oci-archive:{}{}", x.display(), tool.path))
-            .arg(format!("oci:{}", unpacked.display())),
+    skopeo_copy(
+        tmp.path(),
+        &format!("oci-archive:{}{}", x.display(), tool.path),
+        &format!("oci:{}", unpacked.display()),
+        false,
     );
     // A bad source is refused by profile, field and reason.
     let mut text = std::fs::read_to_string(&cp).unwrap();
