@@ -79,7 +79,9 @@ fn firmware(vars: &Path) -> [String; 4] {
 }
 
 /// "kvm" when /dev/kvm exists and a probe VM gets through OVMF under it within 10 s,
-/// else "tcg" (KVM hangs on some hosts). `SLIPWAY_QEMU_ACCEL` overrides. Probed once.
+/// else "tcg" (KVM hangs on some hosts). `SLIPWAY_QEMU_ACCEL` overrides. Probed once per
+/// boot of the host: the answer is kept in target/image-tests/accel with the host's boot
+/// id, so the other image-test binaries do not probe again.
 pub fn accel() -> &'static str {
     static A: OnceLock<&'static str> = OnceLock::new();
     A.get_or_init(|| {
@@ -89,51 +91,72 @@ pub fn accel() -> &'static str {
         if !Path::new("/dev/kvm").exists() {
             return "tcg";
         }
-        let dir = tempfile::tempdir().unwrap();
-        let vars = dir.path().join("vars.fd");
-        std::fs::copy(OVMF_VARS, &vars).unwrap();
-        let log = dir.path().join("probe.log");
-        // No disk: OVMF reaches its boot manager and reports it has nothing to boot.
-        let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "q35",
-                "-accel",
-                "kvm",
-                "-m",
-                "256",
-                "-nodefaults",
-            ])
-            .args(["-display", "none", "-nic", "none", "-no-reboot"])
-            .args(firmware(&vars))
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let mut ok = false;
-        while start.elapsed() < Duration::from_secs(10) {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("BdsDxe") || text.contains("Boot0") {
-                ok = true;
-                break;
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let record = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/image-tests/accel");
+        let kept = std::fs::read_to_string(&record).unwrap_or_default();
+        match kept.split_once(' ') {
+            Some((id, "kvm")) if !boot_id.is_empty() && id == boot_id => return "kvm",
+            Some((id, "tcg")) if !boot_id.is_empty() && id == boot_id => {
+                eprintln!("harness: accelerator tcg (KVM probe failed earlier in this boot)");
+                return "tcg";
             }
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            _ => {}
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        let a = if ok { "kvm" } else { "tcg" };
-        eprintln!(
-            "harness: accelerator {a} (KVM probe {:.1} s)",
-            start.elapsed().as_secs_f64()
-        );
+        let a = probe_kvm();
+        let _ = std::fs::create_dir_all(record.parent().unwrap());
+        let _ = std::fs::write(&record, format!("{boot_id} {a}"));
         a
     })
+}
+
+fn probe_kvm() -> &'static str {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    std::fs::copy(OVMF_VARS, &vars).unwrap();
+    let log = dir.path().join("probe.log");
+    // No disk: OVMF reaches its boot manager and reports it has nothing to boot.
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-m",
+            "256",
+            "-nodefaults",
+        ])
+        .args(["-display", "none", "-nic", "none", "-no-reboot"])
+        .args(firmware(&vars))
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut ok = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("BdsDxe") || text.contains("Boot0") {
+            ok = true;
+            break;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let a = if ok { "kvm" } else { "tcg" };
+    eprintln!(
+        "harness: accelerator {a} (KVM probe {:.1} s)",
+        start.elapsed().as_secs_f64()
+    );
+    a
 }
 
 pub struct VmConfig<'a> {
