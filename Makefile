@@ -58,14 +58,16 @@ test-fixtures: build
 	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane worker
 
 # Benchmarks first (built and smoke-run only), so the run ends with the test summary.
+# --show-output: the measurements tests print (boot and failover times, each image
+# test's wall time) stay in the log also when they pass.
 unit-test: deps init
 	$(CARGO) test --locked --benches
 	$(CARGO) test --locked -p slipway-init
-	$(CARGO) test --locked --lib --bins --tests
+	$(CARGO) test --locked --lib --bins --tests -- --show-output
 
 # The QEMU tests alone (also part of `make test`): image-tests/, one harness.
 image-test: deps init test-fixtures
-	$(CARGO) test --locked --test boot_node --test cluster
+	$(CARGO) test --locked --test boot_node --test cluster -- --show-output
 
 bench: deps init test-fixtures
 	@scripts/install-deps.sh --bench

@@ -580,6 +580,13 @@ fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
         &format!("oci:{}", unpacked.display()),
         false,
     );
+    // With the registry gone, a second build takes the pulled image from the cache.
+    drop(reg);
+    let again = slipway::build::build(&common::example(), &opts, &out).unwrap();
+    assert_eq!(
+        again.images.iter().map(|i| &i.digest).collect::<Vec<_>>(),
+        m.images.iter().map(|i| &i.digest).collect::<Vec<_>>()
+    );
     // A bad source is refused by profile, field and reason.
     let mut text = std::fs::read_to_string(&cp).unwrap();
     text.push_str("\n[[images]]\nname = \"registry.example/x:1\"\nsource = \"http://x\"\n");
