@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 pub enum FetchError {
     #[error("fetching {url}: {reason}")]
     Http { url: String, reason: String },
+    /// The transfer itself failed (name lookup, connection, cut off): worth another try.
+    #[error("fetching {url}: {reason}")]
+    Network { url: String, reason: String },
     #[error("{url}: SHA-256 is {got}, expected {want} (from the signed index or manifest)")]
     HashMismatch {
         url: String,
@@ -43,6 +46,14 @@ pub struct Want {
     pub size: u64,
     pub sha256: String,
 }
+
+/// Tries per download before a network failure is reported.
+pub const ATTEMPTS: u32 = 4;
+const RETRY_PAUSE: Duration = if cfg!(test) {
+    Duration::from_millis(10)
+} else {
+    Duration::from_secs(2)
+};
 
 pub struct Cache {
     pub dir: PathBuf,
@@ -81,22 +92,28 @@ impl Cache {
         }
     }
 
-    /// GETs a small resource (InRelease) without caching it.
+    /// GETs a small resource (InRelease) without caching it, trying again after a
+    /// network failure as downloads do.
     pub fn get_text(&self, url: &str) -> Result<String, FetchError> {
-        let http = |reason: String| FetchError::Http {
-            url: url.to_string(),
-            reason,
-        };
-        let mut resp = self
-            .agent
-            .get(url)
-            .call()
-            .map_err(|e| http(e.to_string()))?;
+        let mut attempt = 1;
+        loop {
+            match self.get_text_once(url) {
+                Err(FetchError::Network { .. }) if attempt < ATTEMPTS => {
+                    std::thread::sleep(RETRY_PAUSE * attempt);
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn get_text_once(&self, url: &str) -> Result<String, FetchError> {
+        let mut resp = self.agent.get(url).call().map_err(|e| classify(url, e))?;
         resp.body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_string()
-            .map_err(|e| http(e.to_string()))
+            .map_err(|e| classify(url, e))
     }
 
     /// Makes sure every blob is cached and verified, downloading what is missing with a
@@ -136,7 +153,7 @@ impl Cache {
                             let Some(i) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                                 return;
                             };
-                            if let Err(e) = self.download(&wants[i], &bar, authorization)
+                            if let Err(e) = self.download_retrying(&wants[i], &bar, authorization)
                                 && let Ok(mut slot) = first_error.lock()
                             {
                                 slot.get_or_insert(e);
@@ -153,6 +170,28 @@ impl Cache {
         Ok(wants.iter().map(|w| self.blob_path(&w.sha256)).collect())
     }
 
+    /// [`Cache::download`], tried again after a network failure (a name lookup, a
+    /// connection or a transfer cut off: what a mirror or a home network does now and
+    /// then), up to [`ATTEMPTS`] times with a growing pause; each attempt resumes where
+    /// the last one stopped. A wrong size or hash is not retried.
+    fn download_retrying(
+        &self,
+        want: &Want,
+        bar: &ProgressBar,
+        authorization: Option<&str>,
+    ) -> Result<(), FetchError> {
+        let mut attempt = 1;
+        loop {
+            match self.download(want, bar, authorization) {
+                Err(FetchError::Network { .. }) if attempt < ATTEMPTS => {
+                    std::thread::sleep(RETRY_PAUSE * attempt);
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn download(
         &self,
         want: &Want,
@@ -165,10 +204,6 @@ impl Cache {
             fs::create_dir_all(d).map_err(io_err("creating", d))?;
         }
         let partial = partial_dir.join(&want.sha256);
-        let http = |reason: String| FetchError::Http {
-            url: want.url.clone(),
-            reason,
-        };
         // Resume: hash what is already there, ask for the rest.
         let mut hasher = Sha256::new();
         let mut have = 0u64;
@@ -195,7 +230,7 @@ impl Cache {
         if have > 0 {
             req = req.header("Range", format!("bytes={have}-"));
         }
-        let mut resp = req.call().map_err(|e| http(e.to_string()))?;
+        let mut resp = req.call().map_err(|e| classify(&want.url, e))?;
         if have > 0 && resp.status() != 206 {
             // The server ignored the range: start over.
             hasher = Sha256::new();
@@ -211,7 +246,10 @@ impl Cache {
         let mut body = resp.body_mut().with_config().limit(want.size + 1).reader();
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = body.read(&mut buf).map_err(|e| http(e.to_string()))?;
+            let n = body.read(&mut buf).map_err(|e| FetchError::Network {
+                url: want.url.clone(),
+                reason: e.to_string(),
+            })?;
             if n == 0 {
                 break;
             }
@@ -244,6 +282,20 @@ impl Cache {
         }
         let dest = self.blob_path(&want.sha256);
         fs::rename(&partial, &dest).map_err(io_err("renaming", &dest))
+    }
+}
+
+/// A refusal by status (404, 403, ...) is final; anything else is the network's doing.
+fn classify(url: &str, e: ureq::Error) -> FetchError {
+    match e {
+        ureq::Error::StatusCode(_) => FetchError::Http {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
+        _ => FetchError::Network {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -286,4 +338,72 @@ fn progress(total: u64, label: &str) -> ProgressBar {
     }
     bar.set_message(label.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A loopback server that cuts the first `fail` connections off and then serves
+    /// `body` to every GET. Returns its URL and a connection counter.
+    fn flaky(fail: usize, body: &'static [u8]) -> (String, std::sync::Arc<Mutex<usize>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/blob", l.local_addr().unwrap());
+        let count = std::sync::Arc::new(Mutex::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let n = {
+                    let mut g = c.lock().unwrap();
+                    *g += 1;
+                    *g
+                };
+                if n <= fail {
+                    drop(s);
+                    continue;
+                }
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let mut s = s;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(body);
+            }
+        });
+        (url, count)
+    }
+
+    #[test]
+    fn a_download_cut_off_is_tried_again_and_a_dead_server_is_reported() {
+        let body: &[u8] = b"package bytes";
+        let want = |url: String| Want {
+            url,
+            size: body.len() as u64,
+            sha256: hex::encode(Sha256::digest(body)),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let (url, count) = flaky(2, b"package bytes");
+        let paths = cache.ensure_all(&[want(url)], "test").unwrap();
+        assert_eq!(fs::read(&paths[0]).unwrap(), body);
+        assert_eq!(*count.lock().unwrap(), 3, "two failures, then the download");
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let (url, count) = flaky(usize::MAX, b"");
+        let e = cache.ensure_all(&[want(url.clone())], "test").unwrap_err();
+        assert!(
+            matches!(e, FetchError::Network { .. }) && e.to_string().contains(&url),
+            "{e}"
+        );
+        assert_eq!(*count.lock().unwrap(), ATTEMPTS as usize);
+    }
 }

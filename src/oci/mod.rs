@@ -357,7 +357,7 @@ impl<'a> Client<'a> {
     }
 
     /// The Authorization header for `r`'s repository: a bearer token when the registry
-    /// asks for one (probed once with `GET /v2/`), else none.
+    /// asks for one (found by asking for the pinned manifest without one), else none.
     fn authorization(&self, r: &Reference) -> Result<Option<String>, OciError> {
         if let Some(a) = self.cached_token(r) {
             return Ok(Some(a));
