@@ -246,7 +246,9 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
         assert!(
             images
                 .lines()
-                .any(|l| l.starts_with(&format!("{} ", i.name)) && l.contains(&i.digest)),
+                .any(|l| l.starts_with(&format!("{} ", i.name))
+                    && l.contains(&i.digest)
+                    && l.contains("io.cri-containerd.pinned=pinned")),
             "{} {} not imported: {images}",
             i.name,
             i.digest

@@ -196,8 +196,9 @@ fn the_example_cluster_holds_its_vip_through_failures() {
         assert_eq!(code, 0, "{n}: containerd not serving: {out}");
         for i in &c.images {
             assert!(
-                out.lines()
-                    .any(|l| l.starts_with(&format!("{} ", i.name)) && l.contains(&i.digest)),
+                out.lines().any(|l| l.starts_with(&format!("{} ", i.name))
+                    && l.contains(&i.digest)
+                    && l.contains("io.cri-containerd.pinned=pinned")),
                 "{n}: {} {} not in containerd: {out}",
                 i.name,
                 i.digest

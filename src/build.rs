@@ -401,8 +401,12 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         archives.push(profile_image(img, ctx).map_err(image_err)?);
     }
     let mut baked = Vec::new();
+    // What slipway-images.service imports and pins: "ARCHIVE NAME" per line.
+    let mut list = String::new();
     for (image, source) in &archives {
-        let path = format!("{IMAGES_DIR}/{}", archive_name(&image.name));
+        let file = archive_name(&image.name);
+        list.push_str(&format!("{file} {}\n", image.name));
+        let path = format!("{IMAGES_DIR}/{file}");
         r.tree
             .insert(&path, crate::fs::Entry::file(image.bytes.clone(), 0o644));
         baked.push(BakedImage {
@@ -414,6 +418,10 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
             roles: vec![name.to_string()],
         });
     }
+    r.tree.insert(
+        &format!("{IMAGES_DIR}/images.list"),
+        crate::fs::Entry::file(list.into_bytes(), 0o644),
+    );
     done(bar, t);
     let (bar, t) = role_step(
         ctx.mp,

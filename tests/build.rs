@@ -192,6 +192,10 @@ fn root_is_squashfs_and_verity_verifies_it_and_refuses_a_flipped_byte() {
         images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
         ["registry.k8s.io/pause:3.10"]
     );
+    assert!(
+        listing.contains("squashfs-root/usr/share/slipway/images/images.list"),
+        "no images.list"
+    );
     let sbom = std::fs::read_to_string(b.out.join("images/control-plane.spdx.json")).unwrap();
     for i in images {
         assert!(
