@@ -95,16 +95,7 @@ impl Cache {
     /// GETs a small resource (InRelease) without caching it, trying again after a
     /// network failure as downloads do.
     pub fn get_text(&self, url: &str) -> Result<String, FetchError> {
-        let mut attempt = 1;
-        loop {
-            match self.get_text_once(url) {
-                Err(FetchError::Network { .. }) if attempt < ATTEMPTS => {
-                    std::thread::sleep(RETRY_PAUSE * attempt);
-                    attempt += 1;
-                }
-                r => return r,
-            }
-        }
+        retrying(|| self.get_text_once(url))
     }
 
     fn get_text_once(&self, url: &str) -> Result<String, FetchError> {
@@ -170,26 +161,15 @@ impl Cache {
         Ok(wants.iter().map(|w| self.blob_path(&w.sha256)).collect())
     }
 
-    /// [`Cache::download`], tried again after a network failure (a name lookup, a
-    /// connection or a transfer cut off: what a mirror or a home network does now and
-    /// then), up to [`ATTEMPTS`] times with a growing pause; each attempt resumes where
-    /// the last one stopped. A wrong size or hash is not retried.
+    /// [`Cache::download`], tried again after a network failure; each attempt resumes
+    /// where the last one stopped.
     fn download_retrying(
         &self,
         want: &Want,
         bar: &ProgressBar,
         authorization: Option<&str>,
     ) -> Result<(), FetchError> {
-        let mut attempt = 1;
-        loop {
-            match self.download(want, bar, authorization) {
-                Err(FetchError::Network { .. }) if attempt < ATTEMPTS => {
-                    std::thread::sleep(RETRY_PAUSE * attempt);
-                    attempt += 1;
-                }
-                r => return r,
-            }
-        }
+        retrying(|| self.download(want, bar, authorization))
     }
 
     fn download(
@@ -282,6 +262,22 @@ impl Cache {
         }
         let dest = self.blob_path(&want.sha256);
         fs::rename(&partial, &dest).map_err(io_err("renaming", &dest))
+    }
+}
+
+/// Runs `fetch` again after a network failure (a name lookup, a connection or a
+/// transfer cut off: what a mirror or a home network does now and then), up to
+/// [`ATTEMPTS`] times with a growing pause. A refusal or a wrong size or hash is final.
+fn retrying<T>(mut fetch: impl FnMut() -> Result<T, FetchError>) -> Result<T, FetchError> {
+    let mut attempt = 1;
+    loop {
+        match fetch() {
+            Err(FetchError::Network { .. }) if attempt < ATTEMPTS => {
+                std::thread::sleep(RETRY_PAUSE * attempt);
+                attempt += 1;
+            }
+            r => return r,
+        }
     }
 }
 
