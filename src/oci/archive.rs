@@ -5,6 +5,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::fs::{Entry, Tree};
+
 /// One file of the image's single layer.
 pub struct ImageFile {
     /// Absolute path in the image.
@@ -38,8 +40,9 @@ pub fn build(
 ) -> Result<ImageArchive, String> {
     let tag = tag_of(name)?;
 
-    // The layer: parent directories, then files, sorted, owned by root.
-    let mut entries: std::collections::BTreeMap<String, Option<&ImageFile>> = Default::default();
+    // The layer: the files with their parent directories, as the root filesystem's own
+    // reproducible tar writer lays out any tree.
+    let mut tree = Tree::default();
     for f in files {
         let rel = f.path.trim_start_matches('/');
         if rel.is_empty()
@@ -49,47 +52,9 @@ pub fn build(
         {
             return Err(format!("image {name}: bad path {:?}", f.path));
         }
-        let mut dir = String::new();
-        for c in rel
-            .split('/')
-            .collect::<Vec<_>>()
-            .iter()
-            .rev()
-            .skip(1)
-            .rev()
-        {
-            dir.push_str(c);
-            dir.push('/');
-            entries.entry(dir.clone()).or_insert(None);
-        }
-        entries.insert(rel.to_string(), Some(f));
+        tree.insert(rel, Entry::file(f.bytes.clone(), f.mode));
     }
-    let mut layer = tar::Builder::new(Vec::new());
-    for (path, file) in &entries {
-        let mut h = tar::Header::new_ustar();
-        h.set_mtime(epoch);
-        h.set_uid(0);
-        h.set_gid(0);
-        match file {
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                h.set_cksum();
-                layer.append_data(&mut h, path, std::io::empty())
-            }
-            Some(f) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(f.mode);
-                h.set_size(f.bytes.len() as u64);
-                h.set_cksum();
-                layer.append_data(&mut h, path, f.bytes.as_slice())
-            }
-        }
-        .map_err(|e| format!("image {name}: layer: {e}"))?;
-    }
-    let layer = layer
-        .into_inner()
+    let layer = crate::image::tar::write(&tree, epoch, Vec::new())
         .map_err(|e| format!("image {name}: layer: {e}"))?;
     let layer_sha = hex::encode(Sha256::digest(&layer));
 
@@ -196,33 +161,16 @@ fn layout_tar(
     });
     let index = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
     blobs.push((manifest_sha, manifest.to_vec()));
-    blobs.sort_by(|a, b| a.0.cmp(&b.0));
-    blobs.dedup_by(|a, b| a.0 == b.0);
-    let mut out = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, bytes: &[u8], dir: bool| {
-        let mut h = tar::Header::new_ustar();
-        h.set_mtime(epoch);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_entry_type(if dir {
-            tar::EntryType::Directory
-        } else {
-            tar::EntryType::Regular
-        });
-        h.set_mode(if dir { 0o755 } else { 0o644 });
-        h.set_size(bytes.len() as u64);
-        h.set_cksum();
-        out.append_data(&mut h, path, bytes)
-            .map_err(|e| format!("image {name}: archive: {e}"))
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, false)?;
-    add("index.json", &index, false)?;
-    add("blobs/", &[], true)?;
-    add("blobs/sha256/", &[], true)?;
-    for (sha, bytes) in &blobs {
-        add(&format!("blobs/sha256/{sha}"), bytes, false)?;
+    let mut tree = Tree::default();
+    tree.insert(
+        "oci-layout",
+        Entry::file(&br#"{"imageLayoutVersion":"1.0.0"}"#[..], 0o644),
+    );
+    tree.insert("index.json", Entry::file(index, 0o644));
+    for (sha, bytes) in blobs {
+        tree.insert(&format!("blobs/sha256/{sha}"), Entry::file(bytes, 0o644));
     }
-    out.into_inner()
+    crate::image::tar::write(&tree, epoch, Vec::new())
         .map_err(|e| format!("image {name}: archive: {e}"))
 }
 
