@@ -11,7 +11,9 @@ set -euo pipefail
 #   for the dm-verity writer; sgdisk, sfdisk, fsck.fat and mtools for the disk writers;
 #   QEMU, OVMF and a static busybox for the firmware boot test; OpenSSH's client, arping
 #   and ping for the multi-node test, which probes its private segment; docker-registry
-#   (run on 127.0.0.1 by the tests only) and skopeo to push test images for the OCI client. For `slipway build`:
+#   (run on 127.0.0.1 by the tests only) and skopeo to push test images for the OCI client;
+#   dnsmasq (DHCP and TFTP, run only inside the PXE test's network namespace) and
+#   Debian's iPXE builds (ipxe.efi, chainloaded over TFTP) for the network-install test. For `slipway build`:
 #   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
 #   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
 #   generates its ioctl bindings from at build time.
@@ -22,6 +24,7 @@ APT_PACKAGES=(
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
     openssh-client iputils-arping iputils-ping docker-registry skopeo
+    dnsmasq-base ipxe
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).

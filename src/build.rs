@@ -213,6 +213,7 @@ pub fn build(
     roles.dedup();
     let images = out_dir.join("images");
     fs::create_dir_all(&images).map_err(|e| OutError::new("creating", &images, e))?;
+    let pxe = out_dir.join("pxe");
     // Lock entries first, one role after the other (resolving may rewrite the lock file,
     // which two threads must not do at once).
     for role in &roles {
@@ -237,6 +238,7 @@ pub fn build(
         opts,
         init: &init,
         images: &images,
+        pxe: &pxe,
         epoch,
         mp: &mp,
     };
@@ -257,7 +259,9 @@ pub fn build(
     let mut summaries = Vec::new();
     let mut known: BTreeMap<String, Artifact> = BTreeMap::new();
     let mut baked_images: Vec<BakedImage> = Vec::new();
+    let mut installs = BTreeMap::new();
     for b in built {
+        installs.insert(b.role, b.install);
         for i in &b.images {
             match baked_images
                 .iter_mut()
@@ -271,6 +275,8 @@ pub fn build(
         known.extend(b.artifacts.into_iter().map(|a| (a.path.clone(), a)));
         disks.insert(b.role, b.disk);
     }
+
+    write_pxe_scripts(out_dir, cluster, &installs)?;
 
     // 3. nodes: rendered files, config.ign and disk.raw, swapped in together
     let (bar, t) = step(opts.progress, format!("{} node disks", rendered.len()));
@@ -364,6 +370,8 @@ struct RoleContext<'a> {
     opts: &'a BuildOptions,
     init: &'a [u8],
     images: &'a Path,
+    /// `DIR/pxe`: network-install files.
+    pxe: &'a Path,
     epoch: u64,
     mp: &'a MultiProgress,
 }
@@ -373,6 +381,8 @@ struct RoleBuilt {
     /// The container images in its root.
     images: Vec<BakedImage>,
     disk: RoleDisk,
+    /// What its nodes' iPXE scripts need.
+    install: crate::pxe::RoleInstall,
     summary: RoleSummary,
     /// The role's images, hashed as they were written.
     artifacts: Vec<Artifact>,
@@ -439,16 +449,24 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     .map_err(image_err)?;
     done(bar, t);
 
-    let (bar, t) = role_step(ctx.mp, format!("{name}: images/{name}.raw"));
+    let (bar, t) = role_step(ctx.mp, format!("{name}: images/{name}.raw, pxe/{name}/"));
     let esp = disk.esp(None).map_err(image_err)?;
     let raw = ctx.images.join(format!("{name}.raw"));
+    let image = lay_out(&disk, &esp, name, &raw)?;
     let mut hashed = (0, String::new());
     write_replacing(&raw, 0o644, |tmp| {
-        hashed = write_disk(tmp, &disk, &esp, name, 0o644)?;
+        hashed = write_sparse(tmp, &image, 0o644)?;
         Ok(())
     })?;
-    let mut artifacts = Vec::new();
+    let mut artifacts = write_pxe_role(ctx.pxe, &disk, &image)?;
+    drop(image);
     let (size, sha256) = hashed;
+    let install = crate::pxe::RoleInstall {
+        role: name.into(),
+        root_hash: disk.verity.root_hash_hex(),
+        size,
+        sha256: sha256.clone(),
+    };
     artifacts.push(Artifact {
         path: format!("images/{name}.raw"),
         size,
@@ -493,6 +511,7 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         role,
         images: baked,
         disk,
+        install,
         summary,
         artifacts,
     })
@@ -575,6 +594,20 @@ fn write_replacing(
     r
 }
 
+/// A disk of `disk`'s layout with `esp` as its ESP, laid out in memory.
+fn lay_out(disk: &RoleDisk, esp: &[u8], identity: &str, path: &Path) -> Result<Vec<u8>, OutError> {
+    let parts = disk.parts(esp);
+    let size = gpt::disk_size(&parts);
+    let (image, _) = gpt::write(
+        io::Cursor::new(vec![0u8; size as usize]),
+        size,
+        disk.disk_guid(identity),
+        &parts,
+    )
+    .map_err(|e| OutError::new("laying out", path, io::Error::other(e)))?;
+    Ok(image.into_inner())
+}
+
 /// Writes a disk of `disk`'s layout with `esp` as its ESP to a new file at `path`,
 /// sparse where the layout is empty, flushes it, and returns its size and SHA-256. The
 /// disk is laid out in memory first and hashed there: reading a sparse file back makes
@@ -586,18 +619,16 @@ fn write_disk(
     identity: &str,
     mode: u32,
 ) -> Result<(u64, String), OutError> {
+    let image = lay_out(disk, esp, identity, path)?;
+    write_sparse(path, &image, mode)
+}
+
+/// Writes `image` to a new file at `path`, skipping all-zero chunks (holes), and
+/// returns its size and SHA-256.
+fn write_sparse(path: &Path, image: &[u8], mode: u32) -> Result<(u64, String), OutError> {
     use std::io::{Seek, SeekFrom, Write};
-    let parts = disk.parts(esp);
-    let size = gpt::disk_size(&parts);
-    let (image, _) = gpt::write(
-        io::Cursor::new(vec![0u8; size as usize]),
-        size,
-        disk.disk_guid(identity),
-        &parts,
-    )
-    .map_err(|e| OutError::new("laying out", path, io::Error::other(e)))?;
-    let image = image.into_inner();
-    let sha256 = hex::encode(Sha256::digest(&image));
+    let size = image.len() as u64;
+    let sha256 = hex::encode(Sha256::digest(image));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -618,6 +649,81 @@ fn write_disk(
     file.sync_all()
         .map_err(|e| OutError::new("flushing", path, e))?;
     Ok((size, sha256))
+}
+
+/// The network-install files of a role under `DIR/pxe/ROLE/`: the UKI's kernel and
+/// initramfs, and the role disk zstd-compressed (level 3, single-threaded so the bytes
+/// are reproducible; the frame records the size). No secret: nodes fetch their configs
+/// separately, by MAC.
+fn write_pxe_role(pxe: &Path, disk: &RoleDisk, image: &[u8]) -> Result<Vec<Artifact>, OutError> {
+    let dir = pxe.join(&disk.name);
+    fs::create_dir_all(&dir).map_err(|e| OutError::new("creating", &dir, e))?;
+    let zst = dir.join("disk.img.zst");
+    let compressed = {
+        let mut enc =
+            zstd::bulk::Compressor::new(3).map_err(|e| OutError::new("compressing", &zst, e))?;
+        enc.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
+            .map_err(|e| OutError::new("compressing", &zst, e))?;
+        enc.compress(image)
+            .map_err(|e| OutError::new("compressing", &zst, e))?
+    };
+    let mut out = Vec::new();
+    for (name, bytes) in [
+        ("vmlinuz", disk.kernel.as_slice()),
+        ("initrd.img", disk.initrd.as_slice()),
+        ("disk.img.zst", compressed.as_slice()),
+    ] {
+        let path = dir.join(name);
+        fsutil::write_atomic(&path, bytes, 0o644)
+            .map_err(|e| OutError::new("writing", &path, e))?;
+        out.push(Artifact {
+            path: format!("pxe/{}/{name}", disk.name),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        });
+    }
+    Ok(out)
+}
+
+/// `DIR/pxe/`'s scripts: the chain script, one script per node (scripts of nodes no
+/// longer in the cluster removed), the MAC table and the dnsmasq example.
+fn write_pxe_scripts(
+    out_dir: &Path,
+    cluster: &crate::cluster::Cluster,
+    installs: &BTreeMap<Role, crate::pxe::RoleInstall>,
+) -> Result<(), OutError> {
+    let pxe = out_dir.join("pxe");
+    let nodes = pxe.join("nodes");
+    fs::create_dir_all(&nodes).map_err(|e| OutError::new("creating", &nodes, e))?;
+    let mut wanted = std::collections::BTreeSet::new();
+    for node in &cluster.nodes {
+        let Some(role) = installs.get(&node.role) else {
+            continue;
+        };
+        let name = format!("{}.ipxe", crate::pxe::mac_file_name(node));
+        let path = nodes.join(&name);
+        let text = crate::pxe::node_script(node, role, false);
+        fsutil::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| OutError::new("writing", &path, e))?;
+        wanted.insert(name);
+    }
+    for e in fs::read_dir(&nodes).map_err(|e| OutError::new("listing", &nodes, e))? {
+        let e = e.map_err(|e| OutError::new("listing", &nodes, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".ipxe") && !wanted.contains(&name) {
+            fs::remove_file(e.path()).map_err(|err| OutError::new("removing", &e.path(), err))?;
+        }
+    }
+    for (name, text) in [
+        ("boot.ipxe", crate::pxe::boot_script(cluster)),
+        ("macs.json", crate::pxe::macs_json(cluster)),
+        ("dnsmasq.conf.example", crate::pxe::dnsmasq_example(cluster)),
+    ] {
+        let path = pxe.join(name);
+        fsutil::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| OutError::new("writing", &path, e))?;
+    }
+    Ok(())
 }
 
 /// `qemu-img convert` to qcow2: QEMU's own writer, so the result is what QEMU expects.

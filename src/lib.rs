@@ -17,5 +17,6 @@ pub mod out;
 pub mod pipeline;
 pub mod pki;
 pub mod profile;
+pub mod pxe;
 pub mod render;
 pub mod rootfs;

@@ -110,6 +110,18 @@ enum Cmd {
         #[command(flatten)]
         debian: DebianArgs,
     },
+    /// Serve PXE artifacts and per-MAC Ignition configs from a build's output over HTTP
+    Serve {
+        /// A `slipway build` output directory
+        dir: PathBuf,
+        /// Address and port to listen on
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Reimage NODE keeping its state partition (etcd, containerd, kubelet data and
+        /// the first boot's configuration) instead of wiping it; repeatable
+        #[arg(long, value_name = "NODE")]
+        keep_state: Vec<String>,
+    },
 }
 
 /// Where slipway-init is looked for when --init is not given.
@@ -390,6 +402,18 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+        }
+        Cmd::Serve {
+            dir,
+            listen,
+            keep_state,
+        } => {
+            // Every ServeError names its directory, file or address already.
+            slipway::pxe::serve::serve(&slipway::pxe::serve::ServeOptions {
+                dir,
+                listen,
+                keep_state,
+            })?;
         }
     }
     Ok(())

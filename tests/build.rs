@@ -323,6 +323,112 @@ fn uki_sections_and_initramfs_contents() {
 }
 
 #[test]
+fn pxe_files_install_exactly_the_role_disk() {
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    let hashes: BTreeMap<&str, (u64, &str)> = b
+        .manifest
+        .artifacts
+        .iter()
+        .map(|a| (a.path.as_str(), (a.size, a.sha256.as_str())))
+        .collect();
+    for role in ["control-plane", "worker"] {
+        let pxe = b.out.join("pxe").join(role);
+        // The compressed image is the role disk, byte for byte (zstd's own decoder).
+        let raw = b.out.join(format!("images/{role}.raw"));
+        let unpacked = tmp.path().join(format!("{role}.raw"));
+        let mut dec = zstd::stream::read::Decoder::new(
+            std::fs::File::open(pxe.join("disk.img.zst")).unwrap(),
+        )
+        .unwrap();
+        std::io::copy(&mut dec, &mut std::fs::File::create(&unpacked).unwrap()).unwrap();
+        check(Command::new("cmp").arg(&raw).arg(&unpacked));
+        // Kernel and initramfs are the UKI's own sections.
+        let disk = b.out.join(format!("images/{role}.raw"));
+        let esp = tmp.path().join(format!("{role}-esp.img"));
+        extract(&disk, part(&sfdisk_parts(&disk), "esp"), &esp);
+        let uki = tmp.path().join(format!("{role}.efi"));
+        check(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(&esp)
+                .arg("::/EFI/BOOT/BOOTX64.EFI")
+                .arg(&uki),
+        );
+        for (section, file) in [(".linux", "vmlinuz"), (".initrd", "initrd.img")] {
+            let f = tmp.path().join(format!("{role}-{file}"));
+            check(
+                Command::new("objcopy")
+                    .args(["-O", "binary", "--only-section", section])
+                    .arg(&uki)
+                    .arg(&f),
+            );
+            assert!(
+                std::fs::read(&f).unwrap() == std::fs::read(pxe.join(file)).unwrap(),
+                "pxe/{role}/{file} is not the UKI's {section}"
+            );
+        }
+        let o = check(Command::new("file").arg("-b").arg(pxe.join("vmlinuz")));
+        assert!(
+            stdout(&o).contains("Linux kernel x86 boot executable"),
+            "{}",
+            stdout(&o)
+        );
+    }
+
+    // Each node's script installs its role's image: root hash, size and SHA-256 of the
+    // raw disk, the node's install disk; the MAC table and the chain script agree.
+    let (cluster, _) = slipway::cluster::Cluster::load(&b.cluster).unwrap();
+    let macs: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(b.out.join("pxe/macs.json")).unwrap()).unwrap();
+    assert_eq!(macs.len(), cluster.nodes.len());
+    for n in &cluster.nodes {
+        let mac = n.mac.to_string().replace(':', "-");
+        assert_eq!(macs[&mac], n.name);
+        let script = std::fs::read_to_string(b.out.join(format!("pxe/nodes/{mac}.ipxe"))).unwrap();
+        let role = n.role.as_str();
+        let (size, sha) = hashes[format!("images/{role}.raw").as_str()];
+        for want in [
+            "#!ipxe\n".to_string(),
+            format!("kernel ${{slipway-base}}/pxe/{role}/vmlinuz initrd=initrd.img "),
+            format!("initrd ${{slipway-base}}/pxe/{role}/initrd.img\n"),
+            format!("slipway.roothash={} ", role_hash(role)),
+            format!("slipway.install=${{slipway-base}}/pxe/{role}/disk.img.zst "),
+            format!("slipway.install.sha256={sha} slipway.install.size={size} "),
+            format!("slipway.install.disk={} ", n.install_disk),
+            "slipway.install.config=${slipway-base}/nodes/${mac:hexhyp}/config.ign ".into(),
+            "slipway.net=${mac:hexhyp},${ip},${netmask},${gateway}\n".into(),
+            "slipway.install.state=wipe ".into(),
+            "\nboot\n".into(),
+        ] {
+            assert!(
+                script.contains(&want),
+                "{mac}.ipxe has no {want:?}:\n{script}"
+            );
+        }
+        assert!(!script.contains("PRIVATE"), "{mac}.ipxe carries a secret");
+    }
+    let boot = std::fs::read_to_string(b.out.join("pxe/boot.ipxe")).unwrap();
+    assert!(boot.starts_with("#!ipxe\n") && boot.contains(slipway::pxe::BASE_PLACEHOLDER));
+    assert!(boot.contains("chain ${slipway-base}/pxe/nodes/${mac:hexhyp}.ipxe || goto unknown"));
+
+    // dnsmasq itself accepts the example once its two blanks are filled in.
+    let conf = std::fs::read_to_string(b.out.join("pxe/dnsmasq.conf.example"))
+        .unwrap()
+        .replace("INTERFACE", "lo")
+        .replace("SERVER", "192.168.1.5");
+    let f = tmp.path().join("dnsmasq.conf");
+    std::fs::write(&f, conf).unwrap();
+    let o = check(
+        Command::new("dnsmasq")
+            .arg("--test")
+            .arg(format!("--conf-file={}", f.display())),
+    );
+    let said = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("syntax check OK"), "{said}");
+}
+
+#[test]
 fn qcow2_holds_the_same_disk() {
     let b = built();
     for role in ["control-plane", "worker"] {
@@ -420,10 +526,16 @@ fn same_inputs_same_bytes_and_a_node_change_touches_only_its_esp() {
         .filter(|a| before.get(a.path.as_str()) != Some(&a.sha256.as_str()))
         .map(|a| a.path.as_str())
         .collect();
+    // Besides master2's own files, only what names it by MAC: its iPXE script (under the
+    // new MAC; the old one is gone) and the MAC table.
     assert!(
-        differing.iter().all(|p| p.starts_with("nodes/master2/")),
+        differing.iter().all(|p| p.starts_with("nodes/master2/")
+            || *p == "pxe/macs.json"
+            || *p == "pxe/nodes/52-54-00-00-00-99.ipxe"),
         "a change to master2 changed {differing:?}"
     );
+    assert!(!out3.join("pxe/nodes/52-54-00-00-00-12.ipxe").exists());
+    assert!(out3.join("pxe/nodes/52-54-00-00-00-99.ipxe").exists());
     assert!(
         differing.contains(&"nodes/master2/disk.raw"),
         "{differing:?}"

@@ -76,6 +76,32 @@ fn bad_mac() {
 }
 
 #[test]
+fn install_disk_must_be_a_stable_name() {
+    let from = "mac = \"52:54:00:00:00:21\"\ninstall_disk = \"/dev/disk/by-path/pci-0000:00:04.0\"";
+    for bad in [
+        "/dev/sda",
+        "/dev/disk/by-id/",
+        "/dev/disk/by-path/a,b",
+        "sda",
+    ] {
+        let t = example_with(
+            from,
+            &format!("mac = \"52:54:00:00:00:21\"\ninstall_disk = \"{bad}\""),
+        );
+        assert_problem(
+            &t,
+            "nodes[3].install_disk",
+            &["not a stable disk name", "by-path"],
+        );
+    }
+    let t = example_with(
+        from,
+        "mac = \"52:54:00:00:00:21\"\ninstall_disk = \"/dev/disk/by-id/nvme-Samsung_SSD_980_S5GX\"",
+    );
+    assert!(slipway::cluster::Cluster::parse(std::path::Path::new("c.toml"), &t).is_ok());
+}
+
+#[test]
 fn vip_outside_subnet() {
     let t = example_with("vip = \"192.168.1.100\"", "vip = \"192.168.2.100\"");
     assert_problem(

@@ -114,6 +114,45 @@ impl TestCluster {
         ));
     }
 
+    /// Reimages `name` as an operator would, one node at a time: pulls its plug, boots it
+    /// once from the network (NIC first in the boot order, QEMU's iPXE ROM), so that
+    /// slipway-init installs its disk from `slipway serve` (the caller's
+    /// [`super::pxe::Provisioning`]), and waits for the installer's reboot, which ends the
+    /// VM (-no-reboot). The node is left off; returns the installer's console.
+    pub fn reimage(&mut self, name: &str) -> String {
+        self.power_off(name);
+        let nic = {
+            let mac = self.node(name).mac.clone();
+            self.lan.pxe_nic(&mac, true, true)
+        };
+        let (ns, dir) = (self.lan.ns.clone(), self.dir.clone());
+        let node = self.node_mut(name);
+        node.boots += 1;
+        let label = format!("{name}-reimage{}", node.boots);
+        let mut vm = Vm::start(
+            VmConfig {
+                name: &label,
+                disk: &node.disk,
+                memory_mib: MEMORY_MIB,
+                cpus: CPUS,
+                extra: nic,
+                netns: Some(&ns),
+            },
+            &dir,
+        );
+        vm.wait_for("install: done", Duration::from_secs(900), true);
+        let start = Instant::now();
+        while vm.running() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{name}: the installer did not reboot (log {})",
+                vm.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        vm.console()
+    }
+
     /// Pulls the plug on `name` (QEMU killed: no shutdown, as in a power or host failure).
     pub fn power_off(&mut self, name: &str) {
         if let Some(mut vm) = self.node_mut(name).vm.take() {

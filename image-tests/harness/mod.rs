@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod pxe;
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -211,7 +212,9 @@ impl Vm {
                 "if=none,id=disk0,format=raw,file={}",
                 cfg.disk.display()
             ))
-            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+            // At PCI 00:04.0: the example cluster's install_disk
+            // (/dev/disk/by-path/pci-0000:00:04.0), which the PXE installer looks for.
+            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1,addr=0x4"])
             // Entropy from the host, as most hypervisors offer.
             .args(["-device", "virtio-rng-pci"])
             .arg("-serial")
@@ -274,6 +277,11 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Whether QEMU still runs (with -no-reboot, a guest's reboot ends it).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill(&mut self) {
@@ -547,6 +555,23 @@ impl Lan {
             // romfile=: no iPXE option ROM, the disk boots.
             format!("virtio-net-pci,netdev=lan,mac={mac},romfile="),
         ]
+    }
+
+    /// Like [`Lan::nic`], but bootable: with QEMU's iPXE option ROM (`rom`), or without,
+    /// through the firmware's own PXE client (OVMF's, over its virtio-net driver). After
+    /// the disk in the boot order, so that only a machine whose disk does not boot (blank)
+    /// boots from the network, or before it (`first`: a one-time network boot, as a BMC
+    /// sets for reimaging).
+    pub fn pxe_nic(&mut self, mac: &str, rom: bool, first: bool) -> Vec<String> {
+        let mut args = self.nic(mac);
+        if let Some(dev) = args.last_mut() {
+            *dev = format!(
+                "virtio-net-pci,netdev=lan,mac={mac},bootindex={}{}",
+                if first { 0 } else { 2 },
+                if rom { "" } else { ",romfile=" }
+            );
+        }
+        args
     }
 
     /// `program` to run inside the namespace.

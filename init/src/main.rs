@@ -7,11 +7,15 @@
 //! stops the boot with a message on the console; there is no fallback to an unverified
 //! root.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cmdline;
 mod disk;
 mod firstboot;
 mod ignition;
+mod install;
 mod log;
+mod net;
 mod root;
 mod state;
 mod verity;
@@ -73,6 +77,15 @@ fn run() -> Result<(), String> {
     let loaded = root::load_modules(MODULE_LIST)?;
     step(&format!("loaded {loaded} kernel modules"));
 
+    if let Some(inst) = &args.install {
+        // Booted from the network (or install media) to install: write the disk, then
+        // boot it as firmware will from now on.
+        install::run(inst, &args.roothash).map_err(|e| format!("install: {e}"))?;
+        nix::unistd::sync();
+        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
+            .map_err(|e| format!("rebooting after the install: {e}"))?;
+    }
+
     let (data_uuid, hash_uuid) = verity::partition_uuids(&args.roothash);
     let timeout = Duration::from_secs(args.timeout_secs);
     let found = disk::wait_for(&[data_uuid, hash_uuid], timeout)?;
@@ -123,6 +136,6 @@ fn run() -> Result<(), String> {
     root::switch_root(SYSROOT, &args.init)
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

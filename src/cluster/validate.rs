@@ -274,11 +274,21 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
                 Mac([0; 6])
             }
         };
-        if !n.install_disk.starts_with("/dev/") || n.install_disk.contains(char::is_whitespace) {
+        // The installer (slipway-init, install mode) finds the disk by the name udev
+        // would give it; kernel names (/dev/sda) change between boots and could pick the
+        // wrong disk, and a comma or space would break the kernel command line.
+        let stable = ["/dev/disk/by-path/", "/dev/disk/by-id/"]
+            .iter()
+            .any(|p| n.install_disk.len() > p.len() && n.install_disk.starts_with(p));
+        if !stable
+            || n.install_disk
+                .contains(|ch: char| ch.is_whitespace() || ch == ',' || ch == '"')
+        {
             c.push(
                 field("install_disk"),
                 format!(
-                    "{:?} is not a device path (use /dev/disk/by-path/... or /dev/disk/by-id/...)",
+                    "{:?} is not a stable disk name: use /dev/disk/by-path/... or \
+                     /dev/disk/by-id/... (kernel names like /dev/sda change between boots)",
                     n.install_disk
                 ),
             );

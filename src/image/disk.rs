@@ -43,6 +43,10 @@ pub struct RoleDisk {
     pub initramfs_modules: Vec<String>,
     pub initramfs_size: u64,
     pub uki: Vec<u8>,
+    /// The kernel and initramfs inside the UKI, also booted on their own by iPXE (PXE
+    /// install mode).
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
     /// The squashfs, padded to the verity block size.
     pub root: Vec<u8>,
     pub verity: verity::Verity,
@@ -133,6 +137,8 @@ impl RoleDisk {
             initramfs_modules: names,
             initramfs_size: initrd.len() as u64,
             uki,
+            kernel: parts.kernel.clone(),
+            initrd,
             root,
             verity,
             esp_size,

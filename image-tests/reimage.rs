@@ -1,0 +1,124 @@
+//! Reimaging a control-plane node of a running cluster over the network, one node at a
+//! time as the seed says: master1..3 run on a private segment (a network namespace of the
+//! test's own), master2 is reimaged from `slipway serve` twice, first keeping its state
+//! partition (`--keep-state master2`), then wiping it, while a ping from the segment
+//! watches the API's VIP on master1. After each install master2 boots from its disk alone
+//! and runs again: with its old state (a mark in /var survives, first boot is not run
+//! again) and then fresh (the mark is gone, first boot applied its config again). The
+//! VIP never leaves master1 and never stops answering. (etcd's member replacement waits
+//! for the Kubernetes binaries: issue 7.)
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod harness;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use harness::cluster::{PingWatch, TestCluster};
+use harness::pxe::Provisioning;
+
+/// Disk per node: the image plus a state partition over slipway-init's 1 GiB minimum.
+const DISK_BYTES: u64 = 5 << 29;
+const MARK: &str = "/var/lib/slipway-reimage-mark";
+
+#[test]
+fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_master1() {
+    let _wall = harness::WallTime::start(
+        "master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_master1",
+    );
+    let started = Instant::now();
+    let mut c = TestCluster::build("reimage", DISK_BYTES);
+    let masters = ["master1", "master2", "master3"];
+    for n in masters {
+        c.power_on(n);
+    }
+    for n in masters {
+        c.wait_running(n);
+    }
+    c.wait_vip_on("master1", Duration::from_secs(5), Duration::from_secs(180));
+    eprintln!(
+        "reimage: master1..3 running, VIP on master1 at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (code, _) = c.ssh(
+        "master2",
+        &format!("echo kept | sudo tee {MARK} >/dev/null"),
+    );
+    assert_eq!(code, 0);
+    let watch = PingWatch::start(&c, &c.vip.clone());
+    let since = SystemTime::now();
+    let out = c.dir.join("out");
+
+    for keep in [true, false] {
+        let what = if keep { "keeping" } else { "wiping" };
+        let t = Instant::now();
+        let console = {
+            let prov =
+                Provisioning::start(&c.lan, &out, &c.dir, if keep { &["master2"] } else { &[] });
+            let console = c.reimage("master2");
+            let served = prov.served();
+            assert!(
+                served.contains("/nodes/52-54-00-00-00-12/config.ign 200")
+                    && served.contains("/pxe/nodes/52-54-00-00-00-12.ipxe 200"),
+                "master2's install was not served: {served}"
+            );
+            assert_eq!(
+                served.contains("node=master2 (state kept)"),
+                keep,
+                "{served}"
+            );
+            console
+        };
+        let installed = t.elapsed();
+        if keep {
+            assert!(
+                console.contains("keeping its state partition")
+                    && console.contains("the state partition is in the new table"),
+                "master2's installer did not keep its state ({})",
+                c.dir.display()
+            );
+        } else {
+            assert!(
+                console.contains("its state partition (if any) wiped"),
+                "master2's installer did not wipe ({})",
+                c.dir.display()
+            );
+        }
+        c.power_on("master2");
+        let running = c.wait_running("master2");
+        let (_, mark) = c.ssh("master2", &format!("cat {MARK} 2>/dev/null || echo none"));
+        let console = c.node("master2").vm.as_ref().unwrap().console();
+        if keep {
+            assert_eq!(mark.trim(), "kept", "the kept state lost its mark");
+            assert!(console.contains("not the first boot"));
+        } else {
+            assert_eq!(mark.trim(), "none", "the wiped state still has its mark");
+            assert!(console.contains("first boot done"));
+        }
+        // master2 is a VRRP backup again, and the VIP stayed where it was.
+        let (_, addrs) = c.ssh("master2", "ip -4 -o addr show");
+        assert!(!addrs.contains(&format!(" {}/", c.vip)), "{addrs}");
+        assert_eq!(c.vip_holder().as_deref(), Some("master1"));
+        eprintln!(
+            "reimage: master2 {what} its state: installed in {:.1} s (power-off to the \
+             installer's reboot), running {:.1} s after power-on",
+            installed.as_secs_f64(),
+            running.as_secs_f64()
+        );
+    }
+    let gap = watch.longest_gap_since(since);
+    eprintln!(
+        "reimage: longest pause between VIP ping replies during both reimages: {:.2} s",
+        gap.as_secs_f64()
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "the VIP stopped answering for {gap:?}"
+    );
+    c.assert_consoles_clean();
+    let dir = c.dir.clone();
+    drop(watch);
+    drop(c);
+    harness::passed(&dir);
+}
