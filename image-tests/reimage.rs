@@ -5,8 +5,9 @@
 //! watches the API's VIP on master1. After each install master2 boots from its disk alone
 //! and runs again: with its old state (a mark in /var survives, first boot is not run
 //! again) and then fresh (the mark is gone, first boot applied its config again). The
-//! VIP never leaves master1 and never stops answering. (etcd's member replacement waits
-//! for the Kubernetes binaries: issue 7.)
+//! VIP never leaves master1 (its keepalived became MASTER once) and never stops answering
+//! for as long as a failover would take. (etcd's member replacement waits for the
+//! Kubernetes binaries: issue 7.)
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -43,7 +44,8 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
     );
     let (code, _) = c.ssh(
         "master2",
-        &format!("echo kept | sudo tee {MARK} >/dev/null"),
+        // Synced: the reimage pulls the plug, as it would be on a failed node.
+        &format!("echo kept | sudo tee {MARK} >/dev/null && sync"),
     );
     assert_eq!(code, 0);
     let watch = PingWatch::start(&c, &c.vip.clone());
@@ -107,13 +109,22 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
             running.as_secs_f64()
         );
     }
+    // The VIP never moved: master1's keepalived became MASTER once, at its start...
+    let (_, states) = c.ssh(
+        "master1",
+        "sudo journalctl -b -u keepalived -o cat | grep -c 'Entering MASTER STATE'",
+    );
+    assert_eq!(states.trim(), "1", "master1 lost and regained the VIP");
+    // ...and the VIP kept answering: a pause as long as keepalived's failover (3 adverts
+    // of 1 s plus skew, over 3 s) would be the VIP moving; shorter ones are this 2-core
+    // host stalling a TCG guest while another installs.
     let gap = watch.longest_gap_since(since);
     eprintln!(
         "reimage: longest pause between VIP ping replies during both reimages: {:.2} s",
         gap.as_secs_f64()
     );
     assert!(
-        gap < Duration::from_secs(1),
+        gap < Duration::from_secs(3),
         "the VIP stopped answering for {gap:?}"
     );
     c.assert_consoles_clean();

@@ -13,7 +13,8 @@ set -euo pipefail
 #   and ping for the multi-node test, which probes its private segment; docker-registry
 #   (run on 127.0.0.1 by the tests only) and skopeo to push test images for the OCI client;
 #   dnsmasq (DHCP and TFTP, run only inside the PXE test's network namespace) and
-#   Debian's iPXE builds (ipxe.efi, chainloaded over TFTP) for the network-install test. For `slipway build`:
+#   Debian's iPXE builds (ipxe.efi, chainloaded over TFTP) for the network-install test;
+#   xorriso, which writes `slipway iso`'s install media. For `slipway build`:
 #   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
 #   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
 #   generates its ioctl bindings from at build time.
@@ -24,7 +25,7 @@ APT_PACKAGES=(
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
     openssh-client iputils-arping iputils-ping docker-registry skopeo
-    dnsmasq-base ipxe
+    dnsmasq-base ipxe xorriso
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).

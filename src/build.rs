@@ -672,6 +672,7 @@ fn write_pxe_role(pxe: &Path, disk: &RoleDisk, image: &[u8]) -> Result<Vec<Artif
         ("vmlinuz", disk.kernel.as_slice()),
         ("initrd.img", disk.initrd.as_slice()),
         ("disk.img.zst", compressed.as_slice()),
+        ("installer.efi", disk.installer_uki.as_slice()),
     ] {
         let path = dir.join(name);
         fsutil::write_atomic(&path, bytes, 0o644)

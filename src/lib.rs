@@ -12,6 +12,7 @@ pub mod debian;
 pub mod fs;
 pub mod fsutil;
 pub mod image;
+pub mod iso;
 pub mod oci;
 pub mod out;
 pub mod pipeline;

@@ -110,6 +110,21 @@ enum Cmd {
         #[command(flatten)]
         debian: DebianArgs,
     },
+    /// Write a node's install ISO (BMC virtual media, CD, or USB stick) from a build's
+    /// output: it installs the node's disk and powers off
+    Iso {
+        /// The cluster definition
+        cluster: PathBuf,
+        /// The `slipway build` output directory
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The node to install
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// Where to write the ISO [default: DIR/nodes/NAME/install.iso]
+        #[arg(long, value_name = "FILE")]
+        iso: Option<PathBuf>,
+    },
     /// Serve PXE artifacts and per-MAC Ignition configs from a build's output over HTTP
     Serve {
         /// A `slipway build` output directory
@@ -401,6 +416,25 @@ fn run(cli: Cli) -> Result<()> {
                         &n.ignition_sha256[..16]
                     );
                 }
+            }
+        }
+        Cmd::Iso {
+            cluster,
+            out,
+            node,
+            iso,
+        } => {
+            let path = slipway::iso::write(&slipway::iso::IsoOptions {
+                cluster,
+                out_dir: out,
+                node,
+                iso,
+                source_date_epoch: slipway::rootfs::source_date_epoch_env().unwrap_or(0),
+            })?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "iso": path }));
+            } else {
+                println!("{}", path.display());
             }
         }
         Cmd::Serve {

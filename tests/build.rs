@@ -68,6 +68,38 @@ fn role_hash(role: &str) -> String {
         .clone()
 }
 
+/// The UKI on `role`'s image (`EFI/BOOT/BOOTX64.EFI` on its ESP, read by mtools), copied
+/// into `tmp`.
+fn role_uki(b: &Built, role: &str, tmp: &Path) -> PathBuf {
+    let disk = b.out.join(format!("images/{role}.raw"));
+    let esp = tmp.join(format!("{role}-esp.img"));
+    extract(&disk, part(&sfdisk_parts(&disk), "esp"), &esp);
+    let uki = tmp.join(format!("{role}.efi"));
+    check(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/EFI/BOOT/BOOTX64.EFI")
+            .arg(&uki),
+    );
+    uki
+}
+
+/// A PE section's bytes, as objcopy reads them.
+fn section(pe: &Path, name: &str, tmp: &Path) -> Vec<u8> {
+    let f = tmp.join(format!(
+        "{}{name}",
+        pe.file_name().unwrap().to_string_lossy()
+    ));
+    check(
+        Command::new("objcopy")
+            .args(["-O", "binary", "--only-section", name])
+            .arg(pe)
+            .arg(&f),
+    );
+    std::fs::read(&f).unwrap()
+}
+
 #[test]
 fn the_gpt_is_valid_and_follows_the_discoverable_partitions_spec() {
     let b = built();
@@ -252,32 +284,13 @@ fn root_is_squashfs_and_verity_verifies_it_and_refuses_a_flipped_byte() {
 fn uki_sections_and_initramfs_contents() {
     let b = built();
     let tmp = tempfile::tempdir().unwrap();
-    let disk = b.out.join("images/control-plane.raw");
-    let esp = tmp.path().join("esp.img");
-    extract(&disk, part(&sfdisk_parts(&disk), "esp"), &esp);
-    let uki = tmp.path().join("uki.efi");
-    check(
-        Command::new("mcopy")
-            .arg("-i")
-            .arg(&esp)
-            .arg("::/EFI/BOOT/BOOTX64.EFI")
-            .arg(&uki),
-    );
+    let uki = role_uki(b, "control-plane", tmp.path());
     let o = check(Command::new("objdump").arg("-h").arg(&uki));
     for s in [".osrel", ".cmdline", ".uname", ".initrd", ".linux"] {
         assert!(stdout(&o).contains(s), "no {s} section: {}", stdout(&o));
     }
-    let section = |name: &str| {
-        let f = tmp.path().join(name.trim_start_matches('.'));
-        check(
-            Command::new("objcopy")
-                .args(["-O", "binary", "--only-section", name])
-                .arg(&uki)
-                .arg(&f),
-        );
-        std::fs::read(&f).unwrap()
-    };
-    let cmdline = String::from_utf8(section(".cmdline")).unwrap();
+    let uki_section = |name: &str| section(&uki, name, tmp.path());
+    let cmdline = String::from_utf8(uki_section(".cmdline")).unwrap();
     assert!(
         cmdline.contains(&format!("slipway.roothash={}", role_hash("control-plane"))),
         "{cmdline}"
@@ -287,7 +300,7 @@ fn uki_sections_and_initramfs_contents() {
         "{cmdline}"
     );
     let initrd = tmp.path().join("initrd");
-    std::fs::write(&initrd, section(".initrd")).unwrap();
+    std::fs::write(&initrd, uki_section(".initrd")).unwrap();
     let o = check(
         Command::new("cpio")
             .args(["-t", "--quiet", "-F"])
@@ -344,30 +357,25 @@ fn pxe_files_install_exactly_the_role_disk() {
         std::io::copy(&mut dec, &mut std::fs::File::create(&unpacked).unwrap()).unwrap();
         check(Command::new("cmp").arg(&raw).arg(&unpacked));
         // Kernel and initramfs are the UKI's own sections.
-        let disk = b.out.join(format!("images/{role}.raw"));
-        let esp = tmp.path().join(format!("{role}-esp.img"));
-        extract(&disk, part(&sfdisk_parts(&disk), "esp"), &esp);
-        let uki = tmp.path().join(format!("{role}.efi"));
-        check(
-            Command::new("mcopy")
-                .arg("-i")
-                .arg(&esp)
-                .arg("::/EFI/BOOT/BOOTX64.EFI")
-                .arg(&uki),
-        );
-        for (section, file) in [(".linux", "vmlinuz"), (".initrd", "initrd.img")] {
-            let f = tmp.path().join(format!("{role}-{file}"));
-            check(
-                Command::new("objcopy")
-                    .args(["-O", "binary", "--only-section", section])
-                    .arg(&uki)
-                    .arg(&f),
-            );
+        let uki = role_uki(b, role, tmp.path());
+        for (name, file) in [(".linux", "vmlinuz"), (".initrd", "initrd.img")] {
             assert!(
-                std::fs::read(&f).unwrap() == std::fs::read(pxe.join(file)).unwrap(),
-                "pxe/{role}/{file} is not the UKI's {section}"
+                section(&uki, name, tmp.path()) == std::fs::read(pxe.join(file)).unwrap(),
+                "pxe/{role}/{file} is not the UKI's {name}"
             );
         }
+        // The installer UKI (install media): the same kernel, install mode from the medium.
+        let installer = pxe.join("installer.efi");
+        let cmdline = String::from_utf8(section(&installer, ".cmdline", tmp.path())).unwrap();
+        assert!(
+            cmdline.contains(&format!("slipway.roothash={}", role_hash(role)))
+                && cmdline.contains("slipway.install.media=SLIPWAY_INSTALL"),
+            "{cmdline}"
+        );
+        assert!(
+            section(&installer, ".linux", tmp.path())
+                == std::fs::read(pxe.join("vmlinuz")).unwrap()
+        );
         let o = check(Command::new("file").arg("-b").arg(pxe.join("vmlinuz")));
         assert!(
             stdout(&o).contains("Linux kernel x86 boot executable"),
@@ -631,4 +639,32 @@ fn the_cli_prints_a_json_manifest_and_keeps_progress_off_stdout() {
         v["roles"][0]["root_hash"].as_str().unwrap(),
         built().manifest.roles[0].root_hash
     );
+}
+
+#[test]
+fn iso_refuses_an_unknown_node_and_a_missing_build() {
+    let b = built();
+    let opts = |node: &str, out: &Path| slipway::iso::IsoOptions {
+        cluster: b.cluster.clone(),
+        out_dir: out.to_owned(),
+        node: node.into(),
+        iso: None,
+        source_date_epoch: 0,
+    };
+    let e = slipway::iso::write(&opts("master9", &b.out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no node master9") && e.contains("master1, master2, master3, worker1"),
+        "{e}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let e = slipway::iso::write(&opts("master1", empty.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("manifest.json") && e.contains("run `slipway build`"),
+        "{e}"
+    );
+    assert!(!empty.path().join("nodes/master1/install.iso").exists());
 }

@@ -94,24 +94,8 @@ impl TestCluster {
             let mac = self.node(name).mac.clone();
             self.lan.nic(&mac)
         };
-        let (ns, dir) = (self.lan.ns.clone(), self.dir.clone());
-        let node = self.node_mut(name);
-        node.boots += 1;
-        let label = match node.boots {
-            1 => name.to_string(),
-            n => format!("{name}-boot{n}"),
-        };
-        node.vm = Some(Vm::start(
-            VmConfig {
-                name: &label,
-                disk: &node.disk,
-                memory_mib: MEMORY_MIB,
-                cpus: CPUS,
-                extra: nic,
-                netns: Some(&ns),
-            },
-            &dir,
-        ));
+        let vm = self.start_vm(name, "boot", nic);
+        self.node_mut(name).vm = Some(vm);
     }
 
     /// Reimages `name` as an operator would, one node at a time: pulls its plug, boots it
@@ -125,11 +109,23 @@ impl TestCluster {
             let mac = self.node(name).mac.clone();
             self.lan.pxe_nic(&mac, true, true)
         };
+        let mut vm = self.start_vm(name, "reimage", nic);
+        vm.wait_for("install: done", Duration::from_secs(900), true);
+        vm.wait_exit(Duration::from_secs(120));
+        vm.console()
+    }
+
+    /// A VM for `name`'s next boot from its disk, with `nic`, on the segment; its log is
+    /// NAME-serial.log for the first boot, NAME-KINDn-serial.log after.
+    fn start_vm(&mut self, name: &str, kind: &str, nic: Vec<String>) -> Vm {
         let (ns, dir) = (self.lan.ns.clone(), self.dir.clone());
         let node = self.node_mut(name);
         node.boots += 1;
-        let label = format!("{name}-reimage{}", node.boots);
-        let mut vm = Vm::start(
+        let label = match node.boots {
+            1 => name.to_string(),
+            n => format!("{name}-{kind}{n}"),
+        };
+        Vm::start(
             VmConfig {
                 name: &label,
                 disk: &node.disk,
@@ -139,18 +135,7 @@ impl TestCluster {
                 netns: Some(&ns),
             },
             &dir,
-        );
-        vm.wait_for("install: done", Duration::from_secs(900), true);
-        let start = Instant::now();
-        while vm.running() {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "{name}: the installer did not reboot (log {})",
-                vm.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        vm.console()
+        )
     }
 
     /// Pulls the plug on `name` (QEMU killed: no shutdown, as in a power or host failure).

@@ -284,6 +284,22 @@ impl Vm {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Waits until QEMU exits by itself: the guest powered off or, under -no-reboot,
+    /// rebooted (an installer's last step). Fails after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while self.running() {
+            assert!(
+                start.elapsed() < timeout,
+                "{}: QEMU still runs after {} s: the guest did not reboot or power off (log {})",
+                self.name,
+                timeout.as_secs(),
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -13,6 +13,10 @@ pub struct Args {
     /// Install mode (`slipway.install=URL` and its companions, written by the per-node
     /// iPXE script of `slipway build`): write the image to the named disk and reboot.
     pub install: Option<Install>,
+    /// `slipway.install.media=VOLUME-ID`: install from the ISO 9660 medium of that volume
+    /// id (a CD, BMC virtual media or a USB stick written with `slipway iso`), whose
+    /// `slipway/install.cmdline` holds the node's install parameters.
+    pub install_media: Option<String>,
 }
 
 /// What to do in install mode: every `slipway.install.*` and `slipway.net` parameter.
@@ -32,7 +36,8 @@ pub struct Install {
     pub keep_state: bool,
     /// `slipway.net=MAC,ADDRESS,NETMASK[,GATEWAY]`: the interface to bring up and its
     /// address (iPXE passes what DHCP gave it: `${mac:hexhyp},${ip},${netmask},${gateway}`).
-    pub net: Net,
+    /// Required when the image or the config is a URL; None for an install from media.
+    pub net: Option<Net>,
 }
 
 /// A static IPv4 configuration for one interface, chosen by MAC.
@@ -93,6 +98,7 @@ impl Args {
         let mut timeout_secs = 90;
         let mut init = "/sbin/init".to_string();
         let mut kv = std::collections::BTreeMap::new();
+        let mut install_media = None;
         for word in text.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
                 continue;
@@ -105,6 +111,7 @@ impl Args {
                         .map_err(|_| format!("slipway.timeout={value}: not a number of seconds"))?
                 }
                 "slipway.init" => init = value.to_string(),
+                "slipway.install.media" => install_media = Some(value.to_string()),
                 k if k.starts_with("slipway.install") || k == "slipway.net" => {
                     kv.insert(k.to_string(), value.to_string());
                 }
@@ -124,11 +131,32 @@ impl Args {
             timeout_secs,
             init,
             install: Install::from_params(&kv)?,
+            install_media,
         })
     }
 }
 
 impl Install {
+    /// The parameters in `text` (a medium's `slipway/install.cmdline`), with the image and
+    /// the config at the files `image` and `config`.
+    pub fn from_media_text(text: &str, image: &str, config: &str) -> Result<Install, String> {
+        let mut kv: std::collections::BTreeMap<String, String> = text
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for k in ["slipway.install", "slipway.install.config"] {
+            if kv.contains_key(k) {
+                return Err(format!(
+                    "{k}: set by the medium itself, not its install.cmdline"
+                ));
+            }
+        }
+        kv.insert("slipway.install".into(), image.into());
+        kv.insert("slipway.install.config".into(), config.into());
+        Install::from_params(&kv)?.ok_or_else(|| "no install parameters".to_string())
+    }
+
     /// None when there is no `slipway.install=`; otherwise every companion is required.
     fn from_params(
         kv: &std::collections::BTreeMap<String, String>,
@@ -178,14 +206,26 @@ impl Install {
                 return Err(format!("{k}: unknown parameter"));
             }
         }
+        let config = need("slipway.install.config")?;
+        // A network source needs the network; files (an install medium) do not.
+        let remote = [image, &config].iter().any(|s| !s.starts_with('/'));
+        let net = match kv.get("slipway.net") {
+            Some(n) => Some(Net::parse(n)?),
+            None if remote => {
+                return Err(
+                    "slipway.install= needs slipway.net= on the kernel command line too".into(),
+                );
+            }
+            None => None,
+        };
         Ok(Some(Install {
             image: image.clone(),
             sha256,
             size,
-            config: need("slipway.install.config")?,
+            config,
             disk,
             keep_state,
-            net: Net::parse(&need("slipway.net")?)?,
+            net,
         }))
     }
 }
@@ -243,17 +283,19 @@ mod tests {
         let i = a.install.unwrap_or_else(|| panic!("no install"));
         assert_eq!(i.size, 1 << 20);
         assert!(!i.keep_state);
-        assert_eq!(i.net.mac, "52:54:00:00:00:21");
-        assert_eq!(i.net.prefix, 24);
-        assert_eq!(i.net.gateway, None);
+        let net = i.net.unwrap_or_else(|| panic!("no net"));
+        assert_eq!(net.mac, "52:54:00:00:00:21");
+        assert_eq!(net.prefix, 24);
+        assert_eq!(net.gateway, None);
         let a = Args::parse(&format!(
             "{base} slipway.install.state=keep slipway.net=52:54:00:00:00:21,10.0.0.9,255.255.0.0,10.0.0.1"
         ))
         .unwrap_or_else(|e| panic!("{e}"));
         let i = a.install.unwrap_or_else(|| panic!("no install"));
         assert!(i.keep_state);
-        assert_eq!(i.net.prefix, 16);
-        assert_eq!(i.net.gateway, Some("10.0.0.1".parse().unwrap()));
+        let net = i.net.unwrap_or_else(|| panic!("no net"));
+        assert_eq!(net.prefix, 16);
+        assert_eq!(net.gateway, Some("10.0.0.1".parse().unwrap()));
         // Refusals, each naming the parameter.
         for (extra, word) in [
             ("", "slipway.net"),
@@ -286,5 +328,29 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(e.contains("by-path"), "{e}");
+    }
+
+    #[test]
+    fn install_from_media() {
+        let h = "ab".repeat(32);
+        let a = Args::parse(&format!(
+            "slipway.roothash={h} slipway.install.media=SLIPWAY_INSTALL"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.install, None);
+        assert_eq!(a.install_media.as_deref(), Some("SLIPWAY_INSTALL"));
+        let text = format!(
+            "slipway.install.sha256={h} slipway.install.size=4096 \
+             slipway.install.disk=/dev/disk/by-id/virtio-X slipway.install.state=keep\n"
+        );
+        let i = Install::from_media_text(&text, "/m/disk.img.zst", "/m/config.ign")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(i.net, None);
+        assert!(i.keep_state);
+        assert_eq!(i.image, "/m/disk.img.zst");
+        let e = Install::from_media_text(&format!("{text} slipway.install=http://x/"), "/a", "/b")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("set by the medium"), "{e}");
     }
 }

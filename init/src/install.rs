@@ -24,10 +24,90 @@ const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// layout, docs/images.md): a kept state partition may start there.
 const IMAGE_TAIL: u64 = 1 << 20;
 
-/// Runs the whole install; on success the disk holds the new system and the caller reboots.
-pub fn run(inst: &Install, roothash: &[u8]) -> Result<(), String> {
+/// Where an install medium is mounted.
+const MEDIA: &str = "/run/slipway/media";
+
+/// Install from a medium (`slipway.install.media=VOLUME-ID`): waits for the ISO 9660
+/// volume with that id (a CD, BMC virtual media, or a USB stick holding the hybrid
+/// image), mounts it read-only and reads `slipway/install.cmdline` from it. Returns the
+/// install and the medium's device, which must not be the install disk.
+pub fn from_media(volume: &str) -> Result<(Install, PathBuf), String> {
+    let start = Instant::now();
+    let dev = loop {
+        let found: Vec<(PathBuf, String)> = block_devices()
+            .into_iter()
+            .filter_map(|d| volume_id(&d).map(|v| (d, v)))
+            .collect();
+        if let Some((d, _)) = found.iter().find(|(_, v)| v == volume) {
+            break d.clone();
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let seen: Vec<String> = found
+                .iter()
+                .map(|(d, v)| format!("{} {v}", d.display()))
+                .collect();
+            return Err(format!(
+                "no ISO 9660 medium with volume id {volume} after 60 s (media seen: [{}])",
+                seen.join(", ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    std::fs::create_dir_all(MEDIA).map_err(|e| format!("{MEDIA}: {e}"))?;
+    nix::mount::mount(
+        Some(dev.as_path()),
+        MEDIA,
+        Some("iso9660"),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting {} (iso9660) on {MEDIA}: {e}", dev.display()))?;
+    let params = format!("{MEDIA}/slipway/install.cmdline");
+    let text = std::fs::read_to_string(&params).map_err(|e| format!("{params}: {e}"))?;
+    let inst = Install::from_media_text(
+        &text,
+        &format!("{MEDIA}/slipway/disk.img.zst"),
+        &format!("{MEDIA}/slipway/config.ign"),
+    )
+    .map_err(|e| format!("{params}: {e}"))?;
+    step(&format!(
+        "install: medium {} ({volume}) mounted",
+        dev.display()
+    ));
+    Ok((inst, dev))
+}
+
+/// Every whole block device, CD drives included.
+fn block_devices() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/block") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| !e.path().join("partition").exists())
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .collect()
+}
+
+/// The volume id of an ISO 9660 filesystem on `dev` (ECMA-119 8.4: the primary volume
+/// descriptor at sector 16 of 2048 bytes: type 1, "CD001", the id at bytes 40..72).
+fn volume_id(dev: &Path) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(dev).ok()?;
+    f.seek(SeekFrom::Start(16 * 2048)).ok()?;
+    let mut pvd = [0u8; 72];
+    f.read_exact(&mut pvd).ok()?;
+    (pvd[0] == 1 && &pvd[1..6] == b"CD001")
+        .then(|| String::from_utf8_lossy(&pvd[40..72]).trim().to_string())
+}
+
+/// Runs the whole install; on success the disk holds the new system and the caller reboots
+/// (or, from a medium, powers off). `medium` is the device the install came from, if any:
+/// never the install disk.
+pub fn run(inst: &Install, roothash: &[u8], medium: Option<&Path>) -> Result<(), String> {
     let started = Instant::now();
-    crate::net::configure(&inst.net)?;
+    if let Some(net) = &inst.net {
+        crate::net::configure(net)?;
+    }
     let agent = agent();
 
     // 1. the node's config: fetched and checked before anything is written
@@ -42,6 +122,13 @@ pub fn run(inst: &Install, roothash: &[u8]) -> Result<(), String> {
 
     // 2. the disk: named by cluster.toml, big enough
     let disk = wait_for_disk(&inst.disk, Duration::from_secs(30))?;
+    if medium == Some(disk.dev.as_path()) {
+        return Err(format!(
+            "{} ({}) is the install medium itself",
+            inst.disk,
+            disk.dev.display()
+        ));
+    }
     let sectors = size_sectors(&disk.sys)?;
     if sectors * SECTOR < inst.size {
         return Err(format!(
@@ -126,7 +213,7 @@ pub fn run(inst: &Install, roothash: &[u8]) -> Result<(), String> {
     }
     nix::unistd::sync();
     step(&format!(
-        "install: done in {:.1} s; rebooting into the installed system",
+        "install: done in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
     Ok(())
@@ -146,6 +233,9 @@ fn agent() -> ureq::Agent {
 /// The config, trying again for a minute while the server cannot be reached (a switch
 /// port coming up after the link): refusals (404) are final.
 fn fetch_config(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, String> {
+    if url.starts_with('/') {
+        return std::fs::read(url).map_err(|e| format!("{url}: {e}"));
+    }
     let start = Instant::now();
     loop {
         match agent.get(url).call() {
@@ -181,8 +271,12 @@ fn stream_image(
     write_limit: u64,
 ) -> Result<u64, String> {
     let url = &inst.image;
-    let r = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
-    let body = r.into_body().into_reader();
+    let body: Box<dyn Read> = if url.starts_with('/') {
+        Box::new(std::fs::File::open(url).map_err(|e| format!("{url}: {e}"))?)
+    } else {
+        let r = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+        Box::new(r.into_body().into_reader())
+    };
     let mut dec =
         zstd::stream::read::Decoder::new(body).map_err(|e| format!("{url}: zstd: {e}"))?;
     let mut out = std::fs::OpenOptions::new()

@@ -78,12 +78,23 @@ fn run() -> Result<(), String> {
     step(&format!("loaded {loaded} kernel modules"));
 
     if let Some(inst) = &args.install {
-        // Booted from the network (or install media) to install: write the disk, then
-        // boot it as firmware will from now on.
-        install::run(inst, &args.roothash).map_err(|e| format!("install: {e}"))?;
+        // Booted from the network to install: write the disk, then boot it as firmware
+        // will from now on (the network comes after the disk in a node's boot order).
+        install::run(inst, &args.roothash, None).map_err(|e| format!("install: {e}"))?;
+        step("install: rebooting into the installed system");
         nix::unistd::sync();
         nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
             .map_err(|e| format!("rebooting after the install: {e}"))?;
+    } else if let Some(volume) = &args.install_media {
+        // Booted from an install medium: write the disk and power off. Firmware often
+        // prefers removable media, so a reboot could install again and again; the
+        // operator (or the BMC script) removes the medium and powers on.
+        let (inst, medium) = install::from_media(volume).map_err(|e| format!("install: {e}"))?;
+        install::run(&inst, &args.roothash, Some(&medium)).map_err(|e| format!("install: {e}"))?;
+        step("install: powering off; remove the install medium and power on");
+        nix::unistd::sync();
+        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF)
+            .map_err(|e| format!("powering off after the install: {e}"))?;
     }
 
     let (data_uuid, hash_uuid) = verity::partition_uuids(&args.roothash);

@@ -43,6 +43,8 @@ pub struct RoleDisk {
     pub initramfs_modules: Vec<String>,
     pub initramfs_size: u64,
     pub uki: Vec<u8>,
+    /// The same kernel and initramfs with [`installer_cmdline`]: what install media boot.
+    pub installer_uki: Vec<u8>,
     /// The kernel and initramfs inside the UKI, also booted on their own by iPXE (PXE
     /// install mode).
     pub kernel: Vec<u8>,
@@ -93,6 +95,19 @@ pub fn cmdline(roothash_hex: &str) -> String {
     )
 }
 
+/// The volume id of Slipway's install media (`slipway iso`), which the installer UKI's
+/// command line names: slipway-init installs from the ISO 9660 volume with this id.
+pub const INSTALL_VOLUME: &str = "SLIPWAY_INSTALL";
+
+/// The kernel command line of a role's installer UKI (install media): the role's own,
+/// and install mode from the medium.
+pub fn installer_cmdline(roothash_hex: &str) -> String {
+    format!(
+        "{} slipway.install.media={INSTALL_VOLUME}",
+        cmdline(roothash_hex)
+    )
+}
+
 impl RoleDisk {
     /// Builds every part of a role's disks from its root tree.
     pub fn assemble(tree: &Tree, inputs: &RoleInputs<'_>) -> Result<RoleDisk, String> {
@@ -124,6 +139,17 @@ impl RoleDisk {
             &parts.kernel,
         );
         let uki = uki::assemble(&parts.stub, &sections)?;
+        let installer_cmdline = installer_cmdline(&verity.root_hash_hex());
+        let installer_uki = uki::assemble(
+            &parts.stub,
+            &uki::sections(
+                &parts.osrel,
+                installer_cmdline.as_bytes(),
+                parts.uname.as_bytes(),
+                &initrd,
+                &parts.kernel,
+            ),
+        )?;
         // 3. sizes: the ESP holds twice the two UKI copies (room for the next version's
         // pair and a config bundle); a root slot is the squashfs plus 5 % for the next
         // version, in 8 MiB steps; a hash slot fits a full root slot's tree.
@@ -137,6 +163,7 @@ impl RoleDisk {
             initramfs_modules: names,
             initramfs_size: initrd.len() as u64,
             uki,
+            installer_uki,
             kernel: parts.kernel.clone(),
             initrd,
             root,
