@@ -52,7 +52,7 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmexrVcnZz7ErHqaf+8
         let host = 10 + i;
         writeln!(
             s,
-            "[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nip = \"10.10.1.{host}\"\nmac = \"52:54:00:00:01:{:02x}\"\ninstall_disk = \"/dev/nvme0n1\"",
+            "[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nip = \"10.10.1.{host}\"\nmac = \"52:54:00:00:01:{:02x}\"\ninstall_disk = \"/dev/disk/by-path/pci-0000:01:00.0-nvme-1\"",
             i
         )
         .unwrap();

@@ -154,6 +154,14 @@ fn done(bar: ProgressBar, t: Instant) {
     bar.finish_with_message(msg);
 }
 
+/// A statically linked program the images carry (slipway-init, slipway-pause): read, and
+/// refused if it needs a dynamic loader. `hint` says where it comes from.
+fn read_static(path: &Path, hint: &str) -> Result<Vec<u8>, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{e} ({hint})"))?;
+    crate::image::initramfs::check_static_init(&bytes)?;
+    Ok(bytes)
+}
+
 /// Builds every disk of the cluster at `cluster_path` into `out_dir`.
 pub fn build(
     cluster_path: &Path,
@@ -161,24 +169,21 @@ pub fn build(
     out_dir: &Path,
 ) -> Result<Manifest, BuildError> {
     let started = Instant::now();
-    let init = fs::read(&opts.init).map_err(|e| BuildError::Init {
-        path: opts.init.clone(),
-        reason: format!("{e} (build it with `make init`, or pass --init)"),
-    })?;
-    crate::image::initramfs::check_static_init(&init).map_err(|reason| BuildError::Init {
-        path: opts.init.clone(),
-        reason,
-    })?;
+    let init =
+        read_static(&opts.init, "build it with `make init`, or pass --init").map_err(|reason| {
+            BuildError::Init {
+                path: opts.init.clone(),
+                reason,
+            }
+        })?;
     let epoch = opts.rootfs.source_date_epoch;
     let pause_path = opts.init.with_file_name("slipway-pause");
-    let pause = fs::read(&pause_path).map_err(|e| BuildError::Pause {
-        path: pause_path.clone(),
-        reason: format!("{e} (`make init` builds it beside slipway-init)"),
-    })?;
-    crate::image::initramfs::check_static_init(&pause).map_err(|reason| BuildError::Pause {
-        path: pause_path.clone(),
-        reason,
-    })?;
+    let pause = read_static(&pause_path, "`make init` builds it beside slipway-init").map_err(
+        |reason| BuildError::Pause {
+            path: pause_path.clone(),
+            reason,
+        },
+    )?;
 
     // 1. model, secrets, rendered nodes (pure apart from the secrets directory)
     let prepared = pipeline::prepare(cluster_path, &opts.secrets_dir, &opts.rootfs.data)?;
@@ -535,7 +540,7 @@ fn profile_image(
             let a = crate::oci::archive::from_pulled(&img.name, &pulled, ctx.epoch)?;
             Ok((a, format!("oci:{reference}")))
         }
-        ImageSource::Dir(dir) => {
+        ImageSource::Dir { path: dir, written } => {
             use std::os::unix::fs::PermissionsExt;
             let mut files = Vec::new();
             let walked = crate::profile::walk(dir)
@@ -559,7 +564,7 @@ fn profile_image(
             }
             let entry: Vec<&str> = img.entrypoint.iter().map(String::as_str).collect();
             let a = crate::oci::archive::build(&img.name, &files, &entry, ctx.epoch)?;
-            Ok((a, format!("dir:{}", dir.display())))
+            Ok((a, format!("dir:{written}")))
         }
     }
 }

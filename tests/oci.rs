@@ -538,6 +538,8 @@ fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
     assert_eq!(hello.roles, ["control-plane"]);
     let tool = find("registry.example/test/tool:1");
     assert_eq!(tool.roles, ["control-plane"]);
+    // Recorded as the profile wrote it, not as an absolute path of this checkout.
+    assert_eq!(tool.source, "dir:tools");
     assert_eq!(find("registry.k8s.io/pause:3.10").roles.len(), 2);
     // Read back from the control-plane root by skopeo: the recorded digests, and the
     // tool's file with its mode.

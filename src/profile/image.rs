@@ -52,7 +52,13 @@ pub enum ImageSource {
     Registry(String),
     /// `dir:PATH`: the files under PATH (relative to the data directory), at the same
     /// paths in the image's one layer.
-    Dir(PathBuf),
+    Dir {
+        /// PATH resolved against the data directory: where the files are read.
+        path: PathBuf,
+        /// PATH as the profile wrote it: what manifest.json records, so that two
+        /// checkouts of the same inputs give the same manifest.
+        written: String,
+    },
 }
 
 /// A profile with its `extends` chain merged.
@@ -196,7 +202,10 @@ impl ImageProfile {
                             "a dir: image needs the command it runs".into(),
                         ));
                     }
-                    ImageSource::Dir(root.join(d))
+                    ImageSource::Dir {
+                        path: root.join(d),
+                        written: d.to_string(),
+                    }
                 } else {
                     return Err(bad(
                         "source",
