@@ -60,14 +60,6 @@ pub struct IsoOptions {
     pub source_date_epoch: u64,
 }
 
-/// The node's install parameters, as slipway-init reads them from the medium.
-pub fn install_cmdline(sha256: &str, size: u64, disk: &str) -> String {
-    format!(
-        "slipway.install.sha256={sha256} slipway.install.size={size} \
-         slipway.install.disk={disk} slipway.install.state=wipe\n"
-    )
-}
-
 /// Writes the node's install ISO; returns its path.
 pub fn write(opts: &IsoOptions) -> Result<PathBuf, IsoError> {
     let (cluster, _) = Cluster::load(&opts.cluster)?;
@@ -141,7 +133,11 @@ pub fn write(opts: &IsoOptions) -> Result<PathBuf, IsoError> {
         ("config.ign", config.as_slice(), 0o600),
         (
             "install.cmdline",
-            install_cmdline(sha256, size, &node.install_disk).as_bytes(),
+            format!(
+                "{}\n",
+                crate::pxe::install_params(sha256, size, &node.install_disk, false)
+            )
+            .as_bytes(),
             0o644,
         ),
     ] {

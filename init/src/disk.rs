@@ -116,8 +116,19 @@ pub fn find_type<D>(table: &gpt::GptDisk<D>, type_guid: &str) -> Option<u32> {
 
 /// The EFI system partition on the disk that holds partition `part`.
 pub fn esp_of(part: &Path) -> Option<PathBuf> {
-    const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
     let (disk, disk_sys) = disk_of(part).ok()?;
     let table = gpt::GptConfig::new().writable(false).open(&disk).ok()?;
-    partition_node(&disk_sys, find_type(&table, ESP)?)
+    partition_node(&disk_sys, find_type(&table, ESP_TYPE)?)
+}
+
+/// The GPT partition type of an EFI system partition (UEFI 2.10, 5.3.3).
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+/// The size of the whole disk at sysfs directory `sys`, in 512-byte sectors (what the
+/// kernel's `size` attribute counts, whatever the disk's own sector size).
+pub fn size_sectors(sys: &Path) -> Result<u64, String> {
+    std::fs::read_to_string(sys.join("size"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("{}: no size", sys.display()))
 }

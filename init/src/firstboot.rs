@@ -11,16 +11,17 @@ use std::path::Path;
 use crate::ignition;
 use crate::log::step;
 
-/// A block device opened for reading that fatfs may "write" to: writes are dropped, so
-/// reading the ESP never changes it (fatfs 0.3 has no read-only mode).
-struct ReadOnly(std::fs::File);
+/// A block device (or a window onto one) opened for reading that fatfs may "write" to:
+/// writes are dropped, so reading the ESP never changes it (fatfs 0.3 has no read-only
+/// mode).
+pub(crate) struct ReadOnly<T>(pub T);
 
-impl Read for ReadOnly {
+impl<T: Read> Read for ReadOnly<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
     }
 }
-impl Write for ReadOnly {
+impl<T> Write for ReadOnly<T> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Ok(buf.len())
     }
@@ -28,7 +29,7 @@ impl Write for ReadOnly {
         Ok(())
     }
 }
-impl Seek for ReadOnly {
+impl<T: Seek> Seek for ReadOnly<T> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.0.seek(pos)
     }

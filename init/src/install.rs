@@ -19,7 +19,6 @@ use crate::log::step;
 
 /// Sectors of the GPT; the image's layout is 512-byte sectors (docs/images.md).
 const SECTOR: u64 = 512;
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// The last MiB of a Slipway disk image holds only its backup GPT (the image builder's
 /// layout, docs/images.md): a kept state partition may start there.
 const IMAGE_TAIL: u64 = 1 << 20;
@@ -129,7 +128,7 @@ pub fn run(inst: &Install, roothash: &[u8], medium: Option<&Path>) -> Result<(),
             disk.dev.display()
         ));
     }
-    let sectors = size_sectors(&disk.sys)?;
+    let sectors = crate::disk::size_sectors(&disk.sys)?;
     if sectors * SECTOR < inst.size {
         return Err(format!(
             "install disk {} ({}) has {} MiB; the image needs {} MiB",
@@ -175,7 +174,7 @@ pub fn run(inst: &Install, roothash: &[u8], medium: Option<&Path>) -> Result<(),
         .map_err(|e| format!("reading the new GPT of {}: {e}", disk.dev.display()))?;
     let mut parts = table.partitions().clone();
     let disk_guid = *table.guid();
-    let esp = crate::disk::find_type(&table, ESP_TYPE)
+    let esp = crate::disk::find_type(&table, crate::disk::ESP_TYPE)
         .and_then(|n| parts.get(&n).cloned())
         .ok_or("the image has no EFI system partition")?;
     drop(table);
@@ -416,13 +415,6 @@ pub struct Disk {
     pub sys: PathBuf,
 }
 
-fn size_sectors(sys: &Path) -> Result<u64, String> {
-    std::fs::read_to_string(sys.join("size"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("{}: no size", sys.display()))
-}
-
 /// Waits for the disk udev would call `name` (the kernel finds disks asynchronously).
 fn wait_for_disk(name: &str, timeout: Duration) -> Result<Disk, String> {
     let start = Instant::now();
@@ -547,7 +539,6 @@ pub fn stable_names(real: &Path, kname: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Seek, SeekFrom};
 
     /// A fake sysfs: the device directories and the class/block links the kernel makes.
     fn disk(sys: &Path, devpath: &str, kname: &str, files: &[(&str, &str)]) {
@@ -661,7 +652,8 @@ mod tests {
             offset + esp_len,
         )
         .unwrap();
-        let fs = fatfs::FileSystem::new(ReadOnlyView(slice), fatfs::FsOptions::new()).unwrap();
+        let fs = fatfs::FileSystem::new(crate::firstboot::ReadOnly(slice), fatfs::FsOptions::new())
+            .unwrap();
         let mut s = String::new();
         fs.root_dir()
             .open_file("slipway/config.ign")
@@ -669,25 +661,5 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "second");
-    }
-
-    struct ReadOnlyView<T>(T);
-    impl<T: Read> Read for ReadOnlyView<T> {
-        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-            self.0.read(b)
-        }
-    }
-    impl<T> Write for ReadOnlyView<T> {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<T: Seek> Seek for ReadOnlyView<T> {
-        fn seek(&mut self, p: SeekFrom) -> std::io::Result<u64> {
-            self.0.seek(p)
-        }
     }
 }

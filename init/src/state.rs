@@ -169,10 +169,7 @@ pub fn setup(root_part: &Path, sysroot: &str) -> Result<State, String> {
     }
 
     // First boot: the free space after the last partition, to the end of the disk.
-    let sectors: u64 = std::fs::read_to_string(disk_sys.join("size"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("size of {}", disk.display()))?;
+    let sectors = crate::disk::size_sectors(&disk_sys)?;
     let last_used = table
         .partitions()
         .values()

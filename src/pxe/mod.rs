@@ -57,6 +57,27 @@ pub fn boot_script(cluster: &Cluster) -> String {
     )
 }
 
+/// The kernel parameter that tells the installer to keep or wipe the state partition;
+/// `slipway serve --keep-state` turns the one into the other.
+pub fn state_param(keep: bool) -> &'static str {
+    if keep {
+        "slipway.install.state=keep"
+    } else {
+        "slipway.install.state=wipe"
+    }
+}
+
+/// A node's install parameters besides its sources, as the installer reads them from the
+/// kernel command line (iPXE) or a medium's `slipway/install.cmdline` (`slipway iso`):
+/// the uncompressed image's SHA-256 and size, the install disk, keep or wipe.
+pub fn install_params(sha256: &str, size: u64, disk: &str, keep_state: bool) -> String {
+    format!(
+        "slipway.install.sha256={sha256} slipway.install.size={size} \
+         slipway.install.disk={disk} {}",
+        state_param(keep_state)
+    )
+}
+
 /// The per-node script: the role's kernel and initramfs in install mode, with the node's
 /// install disk, the image's hash and size, and the network iPXE was given.
 pub fn node_script(node: &Node, role: &RoleInstall, keep_state: bool) -> String {
@@ -79,15 +100,10 @@ pub fn node_script(node: &Node, role: &RoleInstall, keep_state: bool) -> String 
         s,
         "kernel {base}/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200 \
          printk.devkmsg=on slipway.roothash={hash} slipway.install={base}/disk.img.zst \
-         slipway.install.sha256={sha} slipway.install.size={size} \
-         slipway.install.config=${{slipway-base}}/nodes/${{mac:hexhyp}}/config.ign \
-         slipway.install.disk={disk} slipway.install.state={state} \
+         {params} slipway.install.config=${{slipway-base}}/nodes/${{mac:hexhyp}}/config.ign \
          slipway.net=${{mac:hexhyp}},${{ip}},${{netmask}},${{gateway}}",
         hash = role.root_hash,
-        sha = role.sha256,
-        size = role.size,
-        disk = node.install_disk,
-        state = if keep_state { "keep" } else { "wipe" },
+        params = install_params(&role.sha256, role.size, &node.install_disk, keep_state),
     );
     let _ = writeln!(s, "initrd {base}/initrd.img");
     let _ = writeln!(s, "boot");

@@ -368,7 +368,7 @@ async fn keep_state_script(site: &Site, rel: &Path, file: &Path) -> Option<Respo
     let script = tokio::fs::read_to_string(file).await.ok()?;
     let mut resp = (
         [(CONTENT_TYPE, "text/plain"), (CACHE_CONTROL, "no-store")],
-        script.replace("slipway.install.state=wipe", "slipway.install.state=keep"),
+        script.replace(super::state_param(false), super::state_param(true)),
     )
         .into_response();
     resp.extensions_mut()
