@@ -239,6 +239,7 @@ pub fn build(
     let shared = rootfs::SharedDebs::default();
     let ctx = RoleContext {
         baked: &baked,
+        etcd_image: &cluster.images.etcd,
         shared: &shared,
         opts,
         init: &init,
@@ -371,6 +372,8 @@ pub fn build(
 struct RoleContext<'a> {
     /// Container images for every role, with their sources.
     baked: &'a [(crate::oci::archive::ImageArchive, String)],
+    /// The etcd static pod's image: the control-plane role must carry it.
+    etcd_image: &'a str,
     shared: &'a rootfs::SharedDebs,
     opts: &'a BuildOptions,
     init: &'a [u8],
@@ -413,7 +416,14 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     let mut archives: Vec<(crate::oci::archive::ImageArchive, String)> = ctx.baked.to_vec();
     for img in &r.profile.images {
         archives.retain(|(a, _)| a.name != img.name);
-        archives.push(profile_image(img, ctx).map_err(image_err)?);
+        archives.push(profile_image(img, &r, ctx).map_err(image_err)?);
+    }
+    if role == Role::ControlPlane && !archives.iter().any(|(a, _)| a.name == ctx.etcd_image) {
+        return Err(image_err(format!(
+            "the etcd image {} (cluster.etcd_image) is not among the role's images; \
+             add it to the profile's [[images]] so that no node has to pull it",
+            ctx.etcd_image
+        )));
     }
     let mut baked = Vec::new();
     // What slipway-images.service imports and pins: "ARCHIVE NAME" per line.
@@ -524,13 +534,49 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
 
 /// A profile's `[[images]]` entry as an archive, with its source for manifest.json:
 /// pulled (verified) into the package cache and repacked with its digests unchanged, or
-/// made from a directory's files.
+/// made from Debian packages or a directory's files.
 fn profile_image(
     img: &crate::profile::image::ContainerImage,
+    r: &rootfs::Rootfs,
     ctx: &RoleContext<'_>,
 ) -> Result<(crate::oci::archive::ImageArchive, String), String> {
     use crate::profile::image::ImageSource;
+    let entry: Vec<&str> = img.entrypoint.iter().map(String::as_str).collect();
     match &img.source {
+        ImageSource::Debian(names) => {
+            // The packages' files over the merged-/usr links, as the root has them; no
+            // maintainer scripts run (a container image has no init to configure).
+            let mut tree = crate::fs::Tree::new_merged_usr();
+            let mut pinned = Vec::new();
+            for n in names {
+                let (Some(p), Some(blob)) = (
+                    r.locked.image_packages.iter().find(|p| p.name == *n),
+                    r.image_debs.get(n),
+                ) else {
+                    return Err(format!(
+                        "image {}: package {n} is not pinned in the lock",
+                        img.name
+                    ));
+                };
+                let bytes = fs::read(blob)
+                    .map_err(|e| format!("image {}: {}: {e}", img.name, blob.display()))?;
+                crate::debian::extract::read(n, &bytes)
+                    .map_err(|e| format!("image {}: {e}", img.name))?
+                    .apply(&mut tree);
+                pinned.push(format!("{n}={}", p.version));
+            }
+            let missing = crate::oci::archive::missing_libraries(&tree);
+            if !missing.is_empty() {
+                return Err(format!(
+                    "image {} (deb:{}): {}; name the packages that provide them in its source",
+                    img.name,
+                    names.join(","),
+                    missing.join(", ")
+                ));
+            }
+            let a = crate::oci::archive::build_tree(&img.name, &tree, &entry, ctx.epoch)?;
+            Ok((a, format!("deb:{}", pinned.join(","))))
+        }
         ImageSource::Registry(reference) => {
             let r: crate::oci::Reference = reference.parse().map_err(|e| format!("{e}"))?;
             let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
@@ -562,7 +608,6 @@ fn profile_image(
                     dir.display()
                 ));
             }
-            let entry: Vec<&str> = img.entrypoint.iter().map(String::as_str).collect();
             let a = crate::oci::archive::build(&img.name, &files, &entry, ctx.epoch)?;
             Ok((a, format!("dir:{written}")))
         }

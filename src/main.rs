@@ -337,9 +337,18 @@ fn run(cli: Cli) -> Result<()> {
             for p in default_profiles(profiles) {
                 let (locked, updated) =
                     slipway::rootfs::fetch(&p, &opts).with_context(|| format!("fetching {p}"))?;
-                let bytes: u64 = locked.packages.iter().map(|p| p.size).sum();
+                let bytes: u64 = locked
+                    .packages
+                    .iter()
+                    .chain(&locked.image_packages)
+                    .map(|p| p.size)
+                    .sum();
+                let images = match locked.image_packages.len() {
+                    0 => String::new(),
+                    n => format!(" (+{n} for container images)"),
+                };
                 println!(
-                    "{p}: {} packages, {} MB in {}{}",
+                    "{p}: {} packages{images}, {} MB in {}{}",
                     locked.packages.len(),
                     bytes / 1_000_000,
                     opts.cache.display(),

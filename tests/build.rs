@@ -222,8 +222,18 @@ fn root_is_squashfs_and_verity_verifies_it_and_refuses_a_flipped_byte() {
     let images = &b.manifest.images;
     assert_eq!(
         images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
-        ["registry.k8s.io/pause:3.10"]
+        [
+            "registry.k8s.io/pause:3.10",
+            "localhost/slipway/etcd:trixie"
+        ]
     );
+    let etcd = &images[1];
+    assert!(
+        etcd.source.starts_with("deb:etcd-server=") && etcd.source.contains(",libc6="),
+        "{}",
+        etcd.source
+    );
+    assert_eq!(etcd.roles, ["control-plane"]);
     assert!(
         listing.contains("squashfs-root/usr/share/slipway/images/images.list"),
         "no images.list"
@@ -256,6 +266,42 @@ fn root_is_squashfs_and_verity_verifies_it_and_refuses_a_flipped_byte() {
             "{} not in the SBOM",
             i.name
         );
+        if i.name.contains("etcd") {
+            // The image alone runs etcd: its one layer unpacked and chrooted into.
+            let layout = tmp.path().join("layout");
+            let rootdir = tmp.path().join("etcd-root");
+            std::fs::create_dir_all(&rootdir).unwrap();
+            check(
+                Command::new("skopeo")
+                    .arg("copy")
+                    .arg(format!("oci-archive:{}{}", x.display(), i.path))
+                    .arg(format!("dir:{}", layout.display())),
+            );
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(layout.join("manifest.json")).unwrap())
+                    .unwrap();
+            let layer = m["layers"][0]["digest"].as_str().unwrap();
+            let layer = layout.join(layer.trim_start_matches("sha256:"));
+            check(
+                Command::new("tar")
+                    .arg("-xf")
+                    .arg(&layer)
+                    .arg("-C")
+                    .arg(&rootdir),
+            );
+            for (prog, want) in [
+                ("etcd", "etcd Version: 3.5"),
+                ("etcdctl", "etcdctl version: 3.5"),
+            ] {
+                let arg = if prog == "etcd" {
+                    "--version"
+                } else {
+                    "version"
+                };
+                let o = check(Command::new("chroot").arg(&rootdir).arg(prog).arg(arg));
+                assert!(stdout(&o).contains(want), "{prog}: {}", stdout(&o));
+            }
+        }
         let _ = std::fs::remove_dir_all(&x);
     }
 

@@ -589,14 +589,28 @@ fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
         again.images.iter().map(|i| &i.digest).collect::<Vec<_>>(),
         m.images.iter().map(|i| &i.digest).collect::<Vec<_>>()
     );
-    // A bad source is refused by profile, field and reason.
-    let mut text = std::fs::read_to_string(&cp).unwrap();
-    text.push_str("\n[[images]]\nname = \"registry.example/x:1\"\nsource = \"http://x\"\n");
-    std::fs::write(&cp, text).unwrap();
-    let e = slipway::build::build(&common::example(), &opts, &out).unwrap_err();
-    let e = format!("{e:#}");
-    assert!(
-        e.contains("control-plane.toml") && e.contains("images[2].source"),
-        "{e}"
-    );
+    // A bad source is refused by profile, field and reason (the profile's own etcd
+    // image is images[0], the two added here 1 and 2).
+    let clean = std::fs::read_to_string(&cp).unwrap();
+    for (source, why) in [
+        ("http://x", "expected oci:"),
+        (
+            "deb:etcd-server,Not_A_Package",
+            "\"Not_A_Package\" is not a Debian package name",
+        ),
+    ] {
+        std::fs::write(
+            &cp,
+            format!(
+                "{clean}\n[[images]]\nname = \"registry.example/x:1\"\nsource = \"{source}\"\n"
+            ),
+        )
+        .unwrap();
+        let e = slipway::build::build(&common::example(), &opts, &out).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("control-plane.toml") && e.contains("images[3].source") && e.contains(why),
+            "{e}"
+        );
+    }
 }

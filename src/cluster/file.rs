@@ -31,8 +31,8 @@ pub struct ClusterSection {
     pub kubernetes_version: String,
     #[serde(default = "default_repository")]
     pub image_repository: String,
-    #[serde(default = "default_etcd_tag")]
-    pub etcd_image_tag: String,
+    #[serde(default = "default_etcd_image")]
+    pub etcd_image: String,
     #[serde(default = "default_pause_tag")]
     pub pause_image_tag: String,
 }
@@ -43,8 +43,11 @@ fn default_domain() -> String {
 fn default_repository() -> String {
     "registry.k8s.io".into()
 }
-fn default_etcd_tag() -> String {
-    "3.5.21-0".into()
+/// The etcd image the control-plane profile builds from Debian's etcd-server package.
+pub const DEFAULT_ETCD_IMAGE: &str = "localhost/slipway/etcd:trixie";
+
+fn default_etcd_image() -> String {
+    DEFAULT_ETCD_IMAGE.into()
 }
 fn default_pause_tag() -> String {
     "3.10".into()

@@ -187,7 +187,8 @@ pub struct Cluster {
 #[derive(Debug, Clone, Serialize)]
 pub struct Images {
     pub repository: String,
-    pub etcd_tag: String,
+    /// The etcd static pod's image, in full.
+    pub etcd: String,
     pub pause_tag: String,
 }
 

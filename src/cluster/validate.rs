@@ -65,12 +65,27 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
     };
     for (field, value) in [
         ("cluster.image_repository", &raw.cluster.image_repository),
-        ("cluster.etcd_image_tag", &raw.cluster.etcd_image_tag),
         ("cluster.pause_image_tag", &raw.cluster.pause_image_tag),
     ] {
         if value.is_empty() || value.contains(char::is_whitespace) {
             c.push(field, format!("{value:?} is empty or contains whitespace"));
         }
+    }
+    let etcd_ok = raw
+        .cluster
+        .etcd_image
+        .rsplit_once(':')
+        .is_some_and(|(r, t)| r.contains('/') && !t.is_empty() && !t.contains('/'))
+        && !raw.cluster.etcd_image.contains(char::is_whitespace)
+        && !raw.cluster.etcd_image.contains('@');
+    if !etcd_ok {
+        c.push(
+            "cluster.etcd_image",
+            format!(
+                "{:?} is not REGISTRY/REPOSITORY:TAG",
+                raw.cluster.etcd_image
+            ),
+        );
     }
 
     // [network]
@@ -350,7 +365,7 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
         kubernetes,
         images: Images {
             repository: raw.cluster.image_repository,
-            etcd_tag: raw.cluster.etcd_image_tag,
+            etcd: raw.cluster.etcd_image,
             pause_tag: raw.cluster.pause_image_tag,
         },
         network: Network {

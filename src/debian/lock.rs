@@ -23,12 +23,20 @@ pub struct Lock {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LockedProfile {
-    /// SHA-256 over suite, components, architecture and package list.
+    /// SHA-256 over suite, components, architecture, package list and image packages.
     pub inputs: String,
     pub suite: String,
     pub codename: String,
     #[serde(rename = "package")]
     pub packages: Vec<LockedPackage>,
+    /// The packages of the profile's `deb:` container images: exactly those named, no
+    /// dependencies; not installed in the root.
+    #[serde(
+        default,
+        rename = "image_package",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub image_packages: Vec<LockedPackage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,6 +62,15 @@ pub fn inputs_hash(p: &ImageProfile) -> String {
     {
         h.update(part.as_bytes());
         h.update([0]);
+    }
+    // Only when there are any, so profiles without `deb:` images keep their hash.
+    let images = p.image_packages();
+    if !images.is_empty() {
+        h.update(b"--images\0");
+        for part in &images {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
     }
     hex::encode(h.finalize())
 }

@@ -158,6 +158,39 @@ impl Tree {
         self.entries.is_empty()
     }
 
+    /// Where `path` (relative to the root) leads, following symbolic links in every
+    /// component (absolute ones from the tree's root, at most 40 in all); None if it leads
+    /// nowhere in the tree.
+    pub fn resolve(&self, path: &str) -> Option<String> {
+        let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
+        let mut at: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    at.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            at.push(c);
+            let here = at.join("/");
+            if let Kind::Symlink(t) = &self.entries.get(&here)?.kind {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                at.pop();
+                if t.starts_with('/') {
+                    at.clear();
+                }
+                todo.extend(t.split('/').rev().map(str::to_string));
+            }
+        }
+        Some(at.join("/"))
+    }
+
     /// A regular file's bytes, following hard links.
     pub fn read(&self, path: &str) -> Option<&[u8]> {
         match &self.get(path)?.kind {

@@ -38,8 +38,6 @@ pub fn build(
     entrypoint: &[&str],
     epoch: u64,
 ) -> Result<ImageArchive, String> {
-    let tag = tag_of(name)?;
-
     // The layer: the files with their parent directories, as the root filesystem's own
     // reproducible tar writer lays out any tree.
     let mut tree = Tree::default();
@@ -54,14 +52,29 @@ pub fn build(
         }
         tree.insert(rel, Entry::file(f.bytes.clone(), f.mode));
     }
-    let layer = crate::image::tar::write(&tree, epoch, Vec::new())
+    build_tree(name, &tree, entrypoint, epoch)
+}
+
+/// The search path the image config gives processes, so that a pod's `command: [etcd]`
+/// finds `/usr/bin/etcd`.
+const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the image `name` whose one layer is `tree`.
+pub fn build_tree(
+    name: &str,
+    tree: &Tree,
+    entrypoint: &[&str],
+    epoch: u64,
+) -> Result<ImageArchive, String> {
+    let tag = tag_of(name)?;
+    let layer = crate::image::tar::write(tree, epoch, Vec::new())
         .map_err(|e| format!("image {name}: layer: {e}"))?;
     let layer_sha = hex::encode(Sha256::digest(&layer));
 
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": { "Entrypoint": entrypoint },
+        "config": { "Entrypoint": entrypoint, "Env": [PATH] },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_sha}")] },
         "history": [{ "created_by": "slipway build" }],
     });
@@ -174,6 +187,115 @@ fn layout_tar(
         .map_err(|e| format!("image {name}: archive: {e}"))
 }
 
+/// The shared libraries an image's programs need that the image lacks: for every ELF
+/// file in `tree`, its program interpreter (`PT_INTERP`) and each `DT_NEEDED` library
+/// looked up in the dynamic linker's default directories. Each missing one as
+/// "FILE needs LIBRARY". A program that would not start in the container is found here,
+/// at build time, rather than as a crash-looping pod on a node.
+pub fn missing_libraries(tree: &Tree) -> Vec<String> {
+    const LIB_DIRS: [&str; 4] = [
+        "usr/lib/x86_64-linux-gnu",
+        "lib/x86_64-linux-gnu",
+        "usr/lib",
+        "lib",
+    ];
+    let present = |path: &str| {
+        tree.resolve(path.trim_start_matches('/'))
+            .is_some_and(|p| tree.read(&p).is_some())
+    };
+    let mut missing = Vec::new();
+    for (path, _) in tree.iter() {
+        let Some(data) = tree.read(path) else {
+            continue;
+        };
+        if !data.starts_with(b"\x7fELF") {
+            continue;
+        }
+        let Ok(Needs {
+            interp,
+            needed,
+            runpath,
+        }) = elf_needs(data)
+        else {
+            continue;
+        };
+        // DT_RUNPATH/DT_RPATH first (glibc's gconv modules find their helpers through
+        // `$ORIGIN`), then the default directories.
+        let origin = path.rsplit_once('/').map_or("", |(d, _)| d);
+        let dirs: Vec<String> = runpath
+            .iter()
+            .flat_map(|r| r.split(':'))
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                d.replace("${ORIGIN}", &format!("/{origin}"))
+                    .replace("$ORIGIN", &format!("/{origin}"))
+            })
+            .chain(LIB_DIRS.iter().map(|d| format!("/{d}")))
+            .collect();
+        if let Some(i) = interp
+            && !present(&i)
+        {
+            missing.push(format!("/{path} needs its interpreter {i}"));
+        }
+        for lib in needed {
+            if !dirs.iter().any(|d| present(&format!("{d}/{lib}"))) {
+                missing.push(format!("/{path} needs {lib}"));
+            }
+        }
+    }
+    missing
+}
+
+/// What an ELF file needs to be loaded.
+struct Needs {
+    /// `PT_INTERP`.
+    interp: Option<String>,
+    /// `DT_NEEDED`.
+    needed: Vec<String>,
+    /// `DT_RUNPATH` and `DT_RPATH`.
+    runpath: Vec<String>,
+}
+
+fn elf_needs(data: &[u8]) -> Result<Needs, object::read::Error> {
+    use object::read::elf::{Dyn, ElfFile64, FileHeader, ProgramHeader};
+    let elf = ElfFile64::<object::Endianness>::parse(data)?;
+    let endian = elf.endian();
+    let mut interp = None;
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(endian) == object::elf::PT_INTERP
+            && let Ok(bytes) = ph.data(endian, data)
+        {
+            let s = bytes.split(|&b| b == 0).next().unwrap_or_default();
+            interp = Some(String::from_utf8_lossy(s).into_owned());
+        }
+    }
+    let mut needed = Vec::new();
+    let mut runpath = Vec::new();
+    let sections = elf.elf_header().sections(endian, data)?;
+    if let Some((dynamic, index)) = sections.dynamic(endian, data)? {
+        // `index` is the dynamic section's linked string table.
+        let strings = sections.strings(endian, data, index)?;
+        for d in dynamic {
+            let tag = d.tag(endian);
+            let list = if tag == object::elf::DT_NEEDED {
+                &mut needed
+            } else if tag == object::elf::DT_RUNPATH || tag == object::elf::DT_RPATH {
+                &mut runpath
+            } else {
+                continue;
+            };
+            if let Ok(s) = d.string(endian, strings) {
+                list.push(String::from_utf8_lossy(s).into_owned());
+            }
+        }
+    }
+    Ok(Needs {
+        interp,
+        needed,
+        runpath,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +306,50 @@ mod tests {
             mode: 0o755,
             bytes: b"\x7fELF not really".to_vec(),
         }]
+    }
+
+    #[test]
+    fn a_program_without_its_libraries_is_found_out() {
+        // The host's /usr/bin/true: dynamically linked against libc, as Debian builds it.
+        let prog = std::fs::read("/usr/bin/true").unwrap();
+        let mut tree = Tree::new_merged_usr();
+        tree.insert("usr/bin/true", Entry::file(prog, 0o755));
+        tree.insert(
+            "usr/share/doc/x",
+            Entry::file(&b"\x7fELF, but not one"[..], 0o644),
+        );
+        let missing = missing_libraries(&tree);
+        assert_eq!(
+            missing,
+            [
+                "/usr/bin/true needs its interpreter /lib64/ld-linux-x86-64.so.2",
+                "/usr/bin/true needs libc.so.6"
+            ]
+        );
+        // The interpreter through /lib64 -> usr/lib64 and a relative link, as libc6 lays
+        // it out; libc.so.6 in the multiarch directory.
+        tree.insert(
+            "usr/lib64/ld-linux-x86-64.so.2",
+            Entry::symlink("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        );
+        assert_eq!(
+            missing_libraries(&tree).len(),
+            2,
+            "a dangling link is not a library"
+        );
+        tree.insert(
+            "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            Entry::file(&b"ld"[..], 0o755),
+        );
+        tree.insert(
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+            Entry::file(&b"c"[..], 0o755),
+        );
+        assert!(
+            missing_libraries(&tree).is_empty(),
+            "{:?}",
+            missing_libraries(&tree)
+        );
     }
 
     #[test]

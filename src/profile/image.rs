@@ -50,6 +50,9 @@ pub struct ContainerImage {
 pub enum ImageSource {
     /// `oci:REF@sha256:HEX`: pulled from a registry, digest pinned.
     Registry(String),
+    /// `deb:PKG[,PKG...]`: the files of exactly these Debian packages (no dependencies,
+    /// no maintainer scripts), pinned in slipway.lock with the profile's packages.
+    Debian(Vec<String>),
     /// `dir:PATH`: the files under PATH (relative to the data directory), at the same
     /// paths in the image's one layer.
     Dir {
@@ -83,9 +86,34 @@ pub struct ImageProfile {
     pub images: Vec<ContainerImage>,
 }
 
+/// A Debian package name (policy 5.6.1): lower-case letters, digits, `+`, `-`, `.`;
+/// at least two characters, starting with a letter or digit.
+fn is_package_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 impl ImageProfile {
+    /// The Debian packages of its `deb:` images, each once, in profile order. They are
+    /// pinned in the lock beside the root's packages but not installed in the root.
+    pub fn image_packages(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for i in &self.images {
+            if let ImageSource::Debian(pkgs) = &i.source {
+                for p in pkgs {
+                    if !out.contains(p) {
+                        out.push(p.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Loads `profiles/NAME.toml` from `root`, following `extends`.
     pub fn load(root: &Path, name: &str) -> Result<ImageProfile, ProfileError> {
         let mut chain = Vec::new();
@@ -192,6 +220,15 @@ impl ImageProfile {
                     r.parse::<crate::oci::Reference>()
                         .map_err(|err| bad("source", err.to_string()))?;
                     ImageSource::Registry(r.to_string())
+                } else if let Some(list) = e.source.strip_prefix("deb:") {
+                    let pkgs: Vec<String> = list.split(',').map(str::to_string).collect();
+                    if let Some(p) = pkgs.iter().find(|p| !is_package_name(p)) {
+                        return Err(bad(
+                            "source",
+                            format!("deb:{list}: {p:?} is not a Debian package name"),
+                        ));
+                    }
+                    ImageSource::Debian(pkgs)
                 } else if let Some(d) = e.source.strip_prefix("dir:") {
                     if d.is_empty() {
                         return Err(bad("source", "dir: needs a directory".into()));
@@ -210,7 +247,7 @@ impl ImageProfile {
                     return Err(bad(
                         "source",
                         format!(
-                            "{:?}: expected oci:REGISTRY/REPOSITORY@sha256:HEX or dir:PATH",
+                            "{:?}: expected oci:REGISTRY/REPOSITORY@sha256:HEX, deb:PACKAGE[,PACKAGE...] or dir:PATH",
                             e.source
                         ),
                     ));

@@ -124,7 +124,7 @@ impl<'a> Context<'a> {
                 apiserver: format!("{repo}/kube-apiserver:{v}"),
                 controller_manager: format!("{repo}/kube-controller-manager:{v}"),
                 scheduler: format!("{repo}/kube-scheduler:{v}"),
-                etcd: format!("{repo}/etcd:{}", cluster.images.etcd_tag),
+                etcd: cluster.images.etcd.clone(),
                 pause: cluster.images.pause(),
             },
             subnet: net.subnet.to_string(),

@@ -8,13 +8,14 @@ pub mod configure;
 pub mod depmod;
 pub mod sbom;
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::debian::fetch::{Cache, FetchError, Want};
 use crate::debian::lock::{self, Lock, LockedPackage, LockedProfile};
-use crate::debian::packages::Index;
+use crate::debian::packages::{self, Index};
 use crate::debian::{extract, release, resolve, sources};
 use crate::fs::{Entry, Tree};
 use crate::profile::image::ImageProfile;
@@ -148,25 +149,37 @@ pub fn resolve_profile(
             .map_err(RootfsError::Index)?;
     }
     let names = resolve::resolve(&index, &profile.packages, true)?;
-    let packages = names
+    let pin = |p: &packages::Package| LockedPackage {
+        name: p.name.clone(),
+        version: p.version.to_string(),
+        architecture: p.architecture.clone(),
+        filename: p.filename.clone(),
+        size: p.size,
+        sha256: p.sha256.clone(),
+    };
+    let packages = names.iter().map(|n| pin(&index.packages[n])).collect();
+    // Container images take exactly the packages they name: no dependencies.
+    let image_packages = profile
+        .image_packages()
         .iter()
         .map(|n| {
-            let p = &index.packages[n];
-            LockedPackage {
-                name: p.name.clone(),
-                version: p.version.to_string(),
-                architecture: p.architecture.clone(),
-                filename: p.filename.clone(),
-                size: p.size,
-                sha256: p.sha256.clone(),
-            }
+            index.packages.get(n).map(pin).ok_or_else(|| {
+                RootfsError::Index(format!(
+                    "profile {}: the deb: image package {n:?} is not in {} {} ({})",
+                    profile.name,
+                    profile.suite,
+                    profile.components.join(" "),
+                    profile.architecture
+                ))
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(LockedProfile {
         inputs: lock::inputs_hash(profile),
         suite: rel.suite,
         codename: rel.codename,
         packages,
+        image_packages,
     })
 }
 
@@ -194,6 +207,8 @@ pub struct Rootfs {
     pub profile: ImageProfile,
     pub tree: Tree,
     pub locked: LockedProfile,
+    /// The cached `.deb` of each of `locked.image_packages`, by package name.
+    pub image_debs: BTreeMap<String, PathBuf>,
     /// Whether the lock file was (re)written.
     pub lock_updated: bool,
 }
@@ -234,6 +249,7 @@ fn fetch_locked(
     let wants: Vec<Want> = locked
         .packages
         .iter()
+        .chain(&locked.image_packages)
         .map(|p| Want {
             url: format!("{mirror_for_urls}/{}", p.filename),
             size: p.size,
@@ -284,7 +300,14 @@ pub fn build_shared(
     let (locked, lock_updated) = locked_profile(&profile, opts, &cache)?;
 
     // 2. packages into the cache
-    let blobs = fetch_locked(&profile, &locked, opts, &cache)?;
+    let mut blobs = fetch_locked(&profile, &locked, opts, &cache)?;
+    let image_blobs = blobs.split_off(locked.packages.len());
+    let image_debs = locked
+        .image_packages
+        .iter()
+        .map(|p| p.name.clone())
+        .zip(image_blobs)
+        .collect();
 
     // 3. unpack: read and decompress in parallel, lay into the tree in name order
     let debs = read_debs(&locked.packages, &blobs, shared)?;
@@ -322,6 +345,7 @@ pub fn build_shared(
         profile,
         tree,
         locked,
+        image_debs,
         lock_updated,
     })
 }
