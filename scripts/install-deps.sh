@@ -14,7 +14,8 @@ set -euo pipefail
 #   (run on 127.0.0.1 by the tests only) and skopeo to push test images for the OCI client;
 #   dnsmasq (DHCP and TFTP, run only inside the PXE test's network namespace) and
 #   Debian's iPXE builds (ipxe.efi, chainloaded over TFTP) for the network-install test;
-#   xorriso, which writes `slipway iso`'s install media. For `slipway build`:
+#   xorriso, which writes `slipway iso`'s install media; shellcheck, which judges the
+#   rendered shell scripts. For `slipway build`:
 #   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
 #   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
 #   generates its ioctl bindings from at build time.
@@ -25,7 +26,7 @@ APT_PACKAGES=(
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
     openssh-client iputils-arping iputils-ping docker-registry skopeo
-    dnsmasq-base ipxe xorriso
+    dnsmasq-base ipxe xorriso shellcheck
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).
