@@ -3,9 +3,12 @@
 //! creates: nothing reaches the host's network), and judged over SSH and from the
 //! segment: the VIP is on master1 (VRRP priority 100) with HAProxy on VIP:6443, every
 //! node reaches every other, the firewall passes the seed's ports and drops the rest,
-//! the worker reaches the VIP; then master1 and master2 lose power in turn and the VIP
-//! moves to master2 and master3, and master1, back, takes it again (keepalived's
-//! preemption, docs/cluster.md). Each step prints its wall time.
+//! the worker reaches the VIP; etcd's three members form the cluster from the image baked
+//! from Debian's etcd-server (each node's rejoin check having found a new cluster), take
+//! a key and a snapshot; then master1 and master2 lose power in turn and the VIP moves to
+//! master2 and master3; master2 back restores etcd's quorum with the key intact, and
+//! master1, back, takes the VIP again (keepalived's preemption, docs/cluster.md) and its
+//! etcd member rejoins. Each step prints its wall time.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -194,7 +197,16 @@ fn the_example_cluster_holds_its_vip_through_failures() {
             "systemctl is-active containerd slipway-images >/dev/null && sudo ctr -n k8s.io images ls",
         );
         assert_eq!(code, 0, "{n}: containerd not serving: {out}");
-        for i in &c.images {
+        let role = if c.node(n).control_plane {
+            "control-plane"
+        } else {
+            "worker"
+        };
+        for i in c
+            .images
+            .iter()
+            .filter(|i| i.roles.iter().any(|r| r == role))
+        {
             assert!(
                 out.lines().any(|l| l.starts_with(&format!("{} ", i.name))
                     && l.contains(&i.digest)
@@ -217,6 +229,47 @@ fn the_example_cluster_holds_its_vip_through_failures() {
     }
     clock.step("containerd and the baked images");
 
+    // etcd: each control-plane node's rejoin check found no peer at boot (a new cluster)
+    // and left the manifest's `new`; then each node's etcd static pod, from the image
+    // made of Debian's etcd-server, forms the three-member cluster over TLS.
+    let masters = ["master1", "master2", "master3"];
+    for n in masters {
+        let (_, log) = c.ssh(n, "sudo journalctl -b -u etcd-rejoin -o cat");
+        assert!(
+            log.contains("the cluster is being formed"),
+            "{n}: etcd-rejoin: {log}"
+        );
+    }
+    let mut standin = false;
+    for n in masters {
+        standin |= c.start_static_pod(n, "etcd");
+    }
+    if standin {
+        eprintln!(
+            "cluster: no kubelet in the image (issue 7): the test started etcd's static pod itself (ctr run of the manifest's command, host network, hostPath volumes)"
+        );
+    }
+    let took = c.wait_etcd_healthy("master3", Duration::from_secs(240));
+    eprintln!(
+        "cluster: etcd has 3 healthy members {:.1} s after its pods started",
+        took.as_secs_f64()
+    );
+    let members = c.etcd_members("master2");
+    let mut names: Vec<&str> = members.iter().map(|m| m[2].as_str()).collect();
+    names.sort();
+    assert_eq!(names, masters, "{members:?}");
+    assert!(members.iter().all(|m| m[1] == "started"), "{members:?}");
+    let (code, out) = c.etcdctl("master1", "put /slipway/test written-before-failover");
+    assert_eq!(code, 0, "{out}");
+    // The 6-hourly snapshot, run now: a snapshot etcdctl can read, root-only.
+    let (code, out) = c.ssh(
+        "master1",
+        "sudo systemctl start etcd-snapshot.service && f=$(sudo find /var/lib/etcd-snapshots -name 'etcd-master1-*.db') && sudo stat -c '%a %s' \"$f\" && sudo etcdctl snapshot status \"$f\" -w simple",
+    );
+    assert_eq!(code, 0, "etcd snapshot: {out}");
+    assert!(out.starts_with("600 "), "snapshot mode: {out}");
+    clock.step("etcd: three members, a key, a snapshot");
+
     // Failover: master1 loses power, then master2.
     let watch = PingWatch::start(&c, &c.vip);
     std::thread::sleep(Duration::from_secs(2));
@@ -236,6 +289,36 @@ fn the_example_cluster_holds_its_vip_through_failures() {
     }
     expect_probes(&c, Some("worker1"), &[(vip, 6443, "open")]);
     clock.step("failover master1 -> master2 -> master3");
+    // etcd with master1 and master2 off has lost its quorum; master2 back gives it again
+    // (its data kept, its rejoin check does nothing), and the key written before is there.
+    c.power_on("master2");
+    c.wait_running("master2");
+    let (_, cond) = c.ssh(
+        "master2",
+        "systemctl show -p ConditionResult --value etcd-rejoin",
+    );
+    assert_eq!(
+        cond.trim(),
+        "no",
+        "master2: etcd-rejoin ran with its data present"
+    );
+    c.start_static_pod("master2", "etcd");
+    let (code, got) = {
+        let start = Instant::now();
+        loop {
+            let r = c.etcdctl_at(
+                "master3",
+                "https://127.0.0.1:2379",
+                "get --print-value-only /slipway/test",
+            );
+            if r.0 == 0 || start.elapsed() > Duration::from_secs(180) {
+                break r;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    assert_eq!((code, got.trim()), (0, "written-before-failover"), "{got}");
+    clock.step("etcd quorum back with master2 and master3");
 
     // master1 back (its second boot): priority 100 preempts master3.
     let on = Instant::now();
@@ -263,14 +346,18 @@ fn the_example_cluster_holds_its_vip_through_failures() {
         "the VIP stopped answering for {gap:?} during preemption"
     );
     clock.step("master1 back, took the VIP");
+    c.start_static_pod("master1", "etcd");
+    c.wait_etcd_healthy("master1", Duration::from_secs(180));
+    clock.step("etcd: master1's member back, three healthy");
     c.assert_consoles_clean();
     drop(watch);
     harness::passed(&c.dir);
 }
 
-/// Kubelet registration, etcd's three members and `kubectl get nodes` through the VIP
-/// (also while master1 is off) need the Kubernetes binaries in the image, which issue 7
-/// brings. Until then this cannot run, and is counted as ignored, never as passed.
+/// Kubelet registration and `kubectl get nodes` through the VIP (also while master1 is
+/// off) need the Kubernetes binaries in the image, which issue 7 brings. Until then this
+/// cannot run, and is counted as ignored, never as passed. (etcd's three members are
+/// checked above, with the test starting etcd's static pod in kubelet's place.)
 #[test]
 #[ignore = "needs the Kubernetes binaries in the image (issue 7)"]
 fn kubelets_register_through_the_vip() {

@@ -6,8 +6,11 @@
 //! and runs again: with its old state (a mark in /var survives, first boot is not run
 //! again) and then fresh (the mark is gone, first boot applied its config again). The
 //! VIP never leaves master1 (its keepalived became MASTER once) and never stops answering
-//! for as long as a failover would take. (etcd's member replacement waits for the
-//! Kubernetes binaries: issue 7.)
+//! for as long as a failover would take. etcd runs on all three from the image baked from
+//! Debian's etcd-server: kept state brings master2's member back as it was; wiped state
+//! has etcd-rejoin.service remove the stale member through a healthy peer and add
+//! master2 afresh before its etcd starts, which then joins with the cluster's data.
+//! (Without kubelet in the image, issue 7, the test starts etcd's static pod itself.)
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -40,6 +43,24 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
     c.wait_vip_on("master1", Duration::from_secs(5), Duration::from_secs(180));
     eprintln!(
         "reimage: master1..3 running, VIP on master1 at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for n in masters {
+        c.start_static_pod(n, "etcd");
+    }
+    c.wait_etcd_healthy("master1", Duration::from_secs(240));
+    let (code, out) = c.etcdctl("master1", "put /slipway/test before-reimage");
+    assert_eq!(code, 0, "{out}");
+    let member_id = |c: &TestCluster| {
+        let members = c.etcd_members("master1");
+        let m = members.iter().find(|m| m[2] == "master2");
+        let m = m.unwrap_or_else(|| panic!("no started master2 member: {members:?}"));
+        assert_eq!(members.len(), 3, "{members:?}");
+        m[0].clone()
+    };
+    let mut id = member_id(&c);
+    eprintln!(
+        "reimage: etcd has 3 healthy members (master2 is {id}) at {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let (code, _) = c.ssh(
@@ -98,6 +119,52 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
             assert_eq!(mark.trim(), "none", "the wiped state still has its mark");
             assert!(console.contains("first boot done"));
         }
+        // etcd: with its data kept, the rejoin check is skipped and the member comes back
+        // as it was; with it wiped, the stale member is replaced before etcd starts.
+        let (_, cond) = c.ssh(
+            "master2",
+            "systemctl show -p ConditionResult --value etcd-rejoin",
+        );
+        let (_, log) = c.ssh("master2", "sudo journalctl -b -u etcd-rejoin -o cat");
+        if keep {
+            assert_eq!(
+                cond.trim(),
+                "no",
+                "etcd-rejoin ran with data present: {log}"
+            );
+        } else {
+            assert!(
+                log.contains(&format!("removing stale member {id} (master2,"))
+                    && log.contains("adding member master2 (https://192.168.1.12:2380)")
+                    && log.contains("etcd will join the running cluster"),
+                "etcd-rejoin on the wiped master2: {log}"
+            );
+            let (_, m) = c.ssh(
+                "master2",
+                "sudo grep -c -- '--initial-cluster-state=existing$' /etc/kubernetes/manifests/etcd.yaml",
+            );
+            assert_eq!(m.trim(), "1", "the manifest does not join the cluster");
+        }
+        c.start_static_pod("master2", "etcd");
+        let took = c.wait_etcd_healthy("master2", Duration::from_secs(240));
+        let new_id = member_id(&c);
+        assert_eq!(new_id == id, keep, "master2's member {id} -> {new_id}");
+        // Read from master2's own member without consensus: its own copy of the data.
+        let (code, got) = c.etcdctl_at(
+            "master2",
+            "https://127.0.0.1:2379",
+            "get --consistency=s --print-value-only /slipway/test",
+        );
+        assert_eq!(
+            (code, got.trim()),
+            (0, "before-reimage"),
+            "master2's own etcd: {got}"
+        );
+        eprintln!(
+            "reimage: master2 {what} its state: etcd member {new_id}, 3 healthy {:.1} s after its pod started",
+            took.as_secs_f64()
+        );
+        id = new_id;
         // master2 is a VRRP backup again, and the VIP stayed where it was.
         let (_, addrs) = c.ssh("master2", "ip -4 -o addr show");
         assert!(!addrs.contains(&format!(" {}/", c.vip)), "{addrs}");

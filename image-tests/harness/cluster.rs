@@ -13,6 +13,11 @@ use super::{Lan, TestKey, Vm, VmConfig};
 /// VIP and load-balancer pool, and not in the cluster's firewall sets.
 pub const HOST_CIDR: &str = "192.168.1.5/24";
 
+/// `s` quoted for a POSIX shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// Memory and vCPUs per node VM: four at once share this machine's two cores under TCG.
 const MEMORY_MIB: u32 = 768;
 const CPUS: u32 = 1;
@@ -184,6 +189,129 @@ impl TestCluster {
             log.display()
         );
         at
+    }
+
+    /// Starts the static pod `pod` of control-plane node `name` as kubelet would, for
+    /// images without kubelet (the Kubernetes binaries are issue 7): the node's own
+    /// manifest (/etc/kubernetes/manifests/POD.yaml, as its first boot wrote it and
+    /// etcd-rejoin.service may have changed it) is read as a Pod, and its container's
+    /// command runs under containerd (`ctr run`, from the image baked into the node) with
+    /// the host network and the pod's hostPath volumes, in the transient unit
+    /// `static-pod-POD`. Only that: no probes, no restarts. Returns false, starting
+    /// nothing, when the node has kubelet (which then runs the pod itself).
+    pub fn start_static_pod(&self, name: &str, pod: &str) -> bool {
+        use k8s_openapi::api::core::v1::Pod;
+        if self.ssh(name, "test -x /usr/bin/kubelet").0 == 0 {
+            return false;
+        }
+        let path = format!("/etc/kubernetes/manifests/{pod}.yaml");
+        let (code, yaml) = self.ssh(name, &format!("sudo cat {path}"));
+        assert_eq!(code, 0, "{name}: {path}: {yaml}");
+        let p: Pod = serde_norway::from_str(&yaml)
+            .unwrap_or_else(|e| panic!("{name}: {path} is not a Pod: {e}"));
+        let spec = p.spec.unwrap();
+        let c = &spec.containers[0];
+        let volumes = spec.volumes.unwrap_or_default();
+        let mut script = Vec::new();
+        let mut mounts = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+            let host = v.host_path.as_ref().unwrap();
+            if host.type_.as_deref() == Some("DirectoryOrCreate") {
+                script.push(format!("sudo mkdir -p {}", quote(&host.path)));
+            }
+            let mode = if m.read_only == Some(true) {
+                "ro"
+            } else {
+                "rw"
+            };
+            mounts.push(format!(
+                "--mount type=bind,src={},dst={},options=rbind:{mode}",
+                host.path, m.mount_path
+            ));
+        }
+        let id = format!("static-pod-{pod}");
+        // A container of that name left by a power cut (containerd's store is on the
+        // state partition) goes first.
+        script.push(format!(
+            "sudo ctr -n k8s.io task rm -f {id} >/dev/null 2>&1; sudo ctr -n k8s.io container rm {id} >/dev/null 2>&1; true"
+        ));
+        let argv: Vec<String> = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(|a| quote(a))
+            .collect();
+        script.push(format!(
+            "sudo systemd-run --quiet --collect --unit={id} ctr -n k8s.io run --rm --net-host {} {} {id} {}",
+            mounts.join(" "),
+            quote(c.image.as_deref().unwrap()),
+            argv.join(" ")
+        ));
+        let (code, out) = self.ssh(name, &script.join(" && "));
+        assert_eq!(code, 0, "{name}: starting {pod}: {out}");
+        true
+    }
+
+    /// `etcdctl` on `name` against every control-plane node's etcd, with the node's
+    /// health-check client certificate.
+    pub fn etcdctl(&self, name: &str, args: &str) -> (i32, String) {
+        let endpoints: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.control_plane)
+            .map(|n| format!("https://{}:2379", n.ip))
+            .collect();
+        self.etcdctl_at(name, &endpoints.join(","), args)
+    }
+
+    /// `etcdctl` on `name` against `endpoints` only (`https://127.0.0.1:2379`: its own).
+    /// Its standard output; its log and errors (standard error) after that only when it
+    /// fails.
+    pub fn etcdctl_at(&self, name: &str, endpoints: &str, args: &str) -> (i32, String) {
+        self.ssh(
+            name,
+            &format!(
+                "o=$(sudo ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+                 --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+                 --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
+                 --dial-timeout=3s --command-timeout=10s {args} 2>/tmp/etcdctl.err); rc=$?; \
+                 printf '%s\\n' \"$o\"; [ $rc = 0 ] || cat /tmp/etcdctl.err; exit $rc"
+            ),
+        )
+    }
+
+    /// Waits (up to `timeout`) until, asked from `name`, every control-plane node's etcd
+    /// answers healthy; returns how long that took.
+    pub fn wait_etcd_healthy(&self, name: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let want = self.nodes.iter().filter(|n| n.control_plane).count();
+        loop {
+            let (_, out) = self.etcdctl(name, "endpoint health");
+            let healthy = out.lines().filter(|l| l.contains(" is healthy")).count();
+            if healthy == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "etcd: {healthy} of {want} members healthy after {timeout:?}: {out}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// etcd's members as (ID, status, name, peer URL), asked from `name`.
+    pub fn etcd_members(&self, name: &str) -> Vec<[String; 4]> {
+        let (code, out) = self.etcdctl(name, "member list");
+        assert_eq!(code, 0, "member list: {out}");
+        out.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(", ").collect();
+                assert!(f.len() >= 4, "member list line {l:?}");
+                [f[0], f[1], f[2], f[3]].map(str::to_string)
+            })
+            .collect()
     }
 
     /// The node that answers ARP for the VIP, if any.
