@@ -714,3 +714,40 @@ fn iso_refuses_an_unknown_node_and_a_missing_build() {
     );
     assert!(!empty.path().join("nodes/master1/install.iso").exists());
 }
+
+/// A cluster whose etcd image no control-plane profile bakes is refused: its nodes would
+/// have to pull etcd on first boot. Nothing of the previous output is touched.
+#[test]
+fn an_etcd_image_the_profile_does_not_bake_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(common::example()).unwrap().replace(
+        "kubernetes_version = \"v1.34.2\"",
+        "kubernetes_version = \"v1.34.2\"\netcd_image = \"registry.k8s.io/etcd:3.5.21-0\"",
+    );
+    let cluster = tmp.path().join("cluster.toml");
+    std::fs::write(&cluster, text).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join("images")).unwrap();
+    std::fs::write(out.join("images/control-plane.raw"), b"previous").unwrap();
+    let opts = slipway::build::BuildOptions {
+        rootfs: common::offline_options(),
+        secrets_dir: tmp.path().join("secrets"),
+        init: common::init_binary(),
+        qcow2: false,
+        progress: false,
+    };
+    let e = format!(
+        "{:#}",
+        slipway::build::build(&cluster, &opts, &out).unwrap_err()
+    );
+    assert!(
+        e.contains("control-plane")
+            && e.contains("registry.k8s.io/etcd:3.5.21-0 (cluster.etcd_image)")
+            && e.contains("[[images]]"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("images/control-plane.raw")).unwrap(),
+        b"previous"
+    );
+}

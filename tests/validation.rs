@@ -70,6 +70,26 @@ fn duplicate_mac() {
 }
 
 #[test]
+fn etcd_image_must_be_a_full_name() {
+    for bad in [
+        "etcd:3.5",
+        "registry.k8s.io/etcd",
+        "r.io/etcd@sha256:00",
+        "r.io/e tcd:1",
+    ] {
+        let t = example_with(
+            "kubernetes_version = \"v1.34.2\"",
+            &format!("kubernetes_version = \"v1.34.2\"\netcd_image = \"{bad}\""),
+        );
+        assert_problem(
+            &t,
+            "cluster.etcd_image",
+            &["is not REGISTRY/REPOSITORY:TAG"],
+        );
+    }
+}
+
+#[test]
 fn bad_mac() {
     let t = example_with("mac = \"52:54:00:00:00:21\"", "mac = \"52:54:00:00:21\"");
     assert_problem(&t, "nodes[3].mac", &["not a MAC address"]);

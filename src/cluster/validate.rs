@@ -71,14 +71,7 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
             c.push(field, format!("{value:?} is empty or contains whitespace"));
         }
     }
-    let etcd_ok = raw
-        .cluster
-        .etcd_image
-        .rsplit_once(':')
-        .is_some_and(|(r, t)| r.contains('/') && !t.is_empty() && !t.contains('/'))
-        && !raw.cluster.etcd_image.contains(char::is_whitespace)
-        && !raw.cluster.etcd_image.contains('@');
-    if !etcd_ok {
+    if crate::oci::name_tag(&raw.cluster.etcd_image).is_none() {
         c.push(
             "cluster.etcd_image",
             format!(

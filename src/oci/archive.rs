@@ -142,9 +142,8 @@ pub fn from_pulled(name: &str, pulled: &super::Pulled, epoch: u64) -> Result<Ima
 }
 
 fn tag_of(name: &str) -> Result<String, String> {
-    name.rsplit_once(':')
-        .filter(|(repo, t)| !t.is_empty() && !t.contains('/') && repo.contains('/'))
-        .map(|(_, t)| t.to_string())
+    super::name_tag(name)
+        .map(str::to_string)
         .ok_or_else(|| format!("image name {name:?}: expected REGISTRY/REPOSITORY:TAG"))
 }
 

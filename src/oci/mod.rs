@@ -81,6 +81,17 @@ pub enum OciError {
     },
 }
 
+/// The tag of `name` if it is a name containerd can import an image as:
+/// `REGISTRY/REPOSITORY:TAG`, no digest, no whitespace.
+pub fn name_tag(name: &str) -> Option<&str> {
+    if name.contains('@') || name.contains(char::is_whitespace) {
+        return None;
+    }
+    name.rsplit_once(':')
+        .filter(|(repo, t)| !t.is_empty() && !t.contains('/') && repo.contains('/'))
+        .map(|(_, t)| t)
+}
+
 /// A pinned image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {

@@ -206,11 +206,7 @@ impl ImageProfile {
                     field: format!("images[{i}].{field}"),
                     reason,
                 };
-                let tag_ok = e
-                    .name
-                    .rsplit_once(':')
-                    .is_some_and(|(r, t)| r.contains('/') && !t.is_empty() && !t.contains('/'));
-                if !tag_ok || e.name.contains(char::is_whitespace) || e.name.contains('@') {
+                if crate::oci::name_tag(&e.name).is_none() {
                     return Err(bad(
                         "name",
                         format!("{:?} is not REGISTRY/REPOSITORY:TAG", e.name),
