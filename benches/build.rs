@@ -55,6 +55,7 @@ fn slipway_build(work: &Path, i: usize) -> (Duration, slipway::build::Manifest) 
             host_root: PathBuf::from("/nonexistent"),
             locked: true,
             source_date_epoch: 1_764_000_000,
+            kube_artifacts: None,
         },
         secrets_dir: work.join("secrets"),
         init: env_path("SLIPWAY_INIT"),

@@ -32,6 +32,7 @@ fn opts(cache: &Path, mirror: &str) -> Options {
         host_root: PathBuf::from("/nonexistent"),
         locked: true,
         source_date_epoch: SDE,
+        kube_artifacts: None,
     }
 }
 

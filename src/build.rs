@@ -52,6 +52,7 @@ pub enum BuildError {
 }
 
 /// How to build.
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub rootfs: rootfs::Options,
     pub secrets_dir: PathBuf,
@@ -117,11 +118,33 @@ pub struct Manifest {
     /// Container images baked into every role's image and imported into containerd
     /// before kubelet starts.
     pub images: Vec<BakedImage>,
+    /// The Kubernetes binaries in the images, at the cluster's version.
+    pub kubernetes: KubeSummary,
     pub artifacts: Vec<Artifact>,
     #[serde(skip)]
     pub warnings: Vec<String>,
     #[serde(skip)]
     pub seconds: f64,
+}
+
+/// What the images carry of Kubernetes' own binaries.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KubeSummary {
+    /// cluster.toml's `kubernetes_version`.
+    pub version: String,
+    pub binaries: Vec<KubeBinary>,
+    /// Binaries the profiles name that slipway.lock does not pin at this version: the
+    /// images were built without them.
+    pub missing: Vec<String>,
+}
+
+/// One Kubernetes binary, as installed at `/usr/bin/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubeBinary {
+    pub name: String,
+    pub url: String,
+    pub sha512: String,
+    pub roles: Vec<String>,
 }
 
 /// A labelled spinner for one step, hidden unless progress is wanted.
@@ -237,7 +260,17 @@ pub fn build(
         ProgressDrawTarget::hidden()
     });
     let shared = rootfs::SharedDebs::default();
+    // The Kubernetes binaries pinned at the cluster's version, if any.
+    let lock = crate::debian::lock::Lock::load(&opts.rootfs.lock_path).map_err(|reason| {
+        BuildError::Rootfs {
+            role: "all".into(),
+            source: rootfs::RootfsError::Lock(reason),
+        }
+    })?;
+    let kube_pins = lock.kubernetes.get(&cluster.kubernetes.tag);
     let ctx = RoleContext {
+        kube_version: &cluster.kubernetes.tag,
+        kube_pins,
         baked: &baked,
         etcd_image: &cluster.images.etcd,
         shared: &shared,
@@ -266,7 +299,22 @@ pub fn build(
     let mut known: BTreeMap<String, Artifact> = BTreeMap::new();
     let mut baked_images: Vec<BakedImage> = Vec::new();
     let mut installs = BTreeMap::new();
+    let mut kubernetes = KubeSummary {
+        version: cluster.kubernetes.tag.clone(),
+        ..KubeSummary::default()
+    };
     for b in built {
+        for k in b.kube {
+            match kubernetes.binaries.iter_mut().find(|x| x.name == k.name) {
+                Some(x) => x.roles.extend(k.roles),
+                None => kubernetes.binaries.push(k),
+            }
+        }
+        for m in b.kube_missing {
+            if !kubernetes.missing.contains(&m) {
+                kubernetes.missing.push(m);
+            }
+        }
         installs.insert(b.role, b.install);
         for i in &b.images {
             match baked_images
@@ -353,7 +401,21 @@ pub fn build(
             .collect(),
         images: baked_images,
         artifacts,
-        warnings: prepared.warnings.clone(),
+        warnings: {
+            let mut w = prepared.warnings.clone();
+            if !kubernetes.missing.is_empty() {
+                w.push(format!(
+                    "the images carry no {} {}: slipway.lock does not pin them (run `slipway lock --kubernetes {}` where {} is reachable, or with {}=DIR); kubelet.service is skipped on nodes without kubelet",
+                    kubernetes.missing.join(", "),
+                    kubernetes.version,
+                    kubernetes.version,
+                    crate::kube::DEFAULT_RELEASE_URL,
+                    crate::kube::ARTIFACTS_ENV
+                ));
+            }
+            w
+        },
+        kubernetes,
         seconds: 0.0,
     };
     let path = out_dir.join("manifest.json");
@@ -370,6 +432,9 @@ pub fn build(
 
 /// What a role's build shares with the other roles'.
 struct RoleContext<'a> {
+    /// cluster.toml's `kubernetes_version` and what slipway.lock pins at it.
+    kube_version: &'a str,
+    kube_pins: Option<&'a BTreeMap<String, crate::kube::LockedBinary>>,
     /// Container images for every role, with their sources.
     baked: &'a [(crate::oci::archive::ImageArchive, String)],
     /// The etcd static pod's image: the control-plane role must carry it.
@@ -386,6 +451,9 @@ struct RoleContext<'a> {
 
 struct RoleBuilt {
     role: Role,
+    /// Kubernetes binaries installed, and those not pinned (left out).
+    kube: Vec<KubeBinary>,
+    kube_missing: Vec<String>,
     /// The container images in its root.
     images: Vec<BakedImage>,
     disk: RoleDisk,
@@ -412,6 +480,40 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
             }
         })?;
     done(bar, t);
+    // Kubernetes binaries, where slipway.lock pins them at the cluster's version.
+    let mut kube = Vec::new();
+    let mut kube_missing = Vec::new();
+    for b in &r.profile.kube_binaries {
+        let Some(pin) = ctx.kube_pins.and_then(|p| p.get(b)) else {
+            kube_missing.push(b.clone());
+            continue;
+        };
+        let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
+        let source = crate::kube::Source {
+            release_url: &r.profile.kube_release_url,
+            artifacts: ctx.opts.rootfs.kube_artifacts.as_deref(),
+            agent: &cache.agent,
+        };
+        let bytes = crate::kube::fetch(
+            &source,
+            &ctx.opts.rootfs.cache,
+            ctx.kube_version,
+            &r.profile.architecture,
+            b,
+            pin,
+        )
+        .map_err(|e| image_err(e.to_string()))?;
+        r.tree.insert(
+            &format!("usr/bin/{b}"),
+            crate::fs::Entry::file(bytes, 0o755),
+        );
+        kube.push(KubeBinary {
+            name: b.clone(),
+            url: pin.url.clone(),
+            sha512: pin.sha512.clone(),
+            roles: vec![name.to_string()],
+        });
+    }
     let (bar, t) = role_step(ctx.mp, format!("{name}: container images"));
     let mut archives: Vec<(crate::oci::archive::ImageArchive, String)> = ctx.baked.to_vec();
     for img in &r.profile.images {
@@ -524,6 +626,8 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     };
     Ok(RoleBuilt {
         role,
+        kube,
+        kube_missing,
         images: baked,
         disk,
         install,

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod fsutil;
 pub mod image;
 pub mod iso;
+pub mod kube;
 pub mod oci;
 pub mod out;
 pub mod pipeline;

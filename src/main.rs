@@ -75,6 +75,10 @@ enum Cmd {
     Lock {
         /// Profiles to resolve [default: base, control-plane, worker]
         profiles: Vec<String>,
+        /// Also pin the profiles' Kubernetes binaries at VERSION (e.g. v1.34.2) from their
+        /// published SHA-512 checksums (the release server, or --kube-artifacts)
+        #[arg(long, value_name = "VERSION")]
+        kubernetes: Vec<String>,
         #[command(flatten)]
         debian: DebianArgs,
     },
@@ -166,6 +170,10 @@ struct DebianArgs {
     /// Fail if the lock file is missing or stale instead of resolving
     #[arg(long)]
     locked: bool,
+    /// A copy of the Kubernetes release tree (VERSION/bin/linux/ARCH/NAME and
+    /// NAME.sha512), read instead of the release server
+    #[arg(long, value_name = "DIR", env = "SLIPWAY_KUBE_ARTIFACTS")]
+    kube_artifacts: Option<PathBuf>,
 }
 
 impl DebianArgs {
@@ -178,6 +186,7 @@ impl DebianArgs {
             host_root: PathBuf::from("/"),
             locked: self.locked,
             source_date_epoch: slipway::rootfs::source_date_epoch_env().unwrap_or(0),
+            kube_artifacts: self.kube_artifacts,
         }
     }
 }
@@ -372,15 +381,28 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Lock { profiles, debian } => {
+        Cmd::Lock {
+            profiles,
+            kubernetes,
+            debian,
+        } => {
             let opts = debian.options(&data);
             let profiles = if profiles.is_empty() {
                 vec!["base".into(), "control-plane".into(), "worker".into()]
             } else {
                 profiles
             };
-            let lock =
+            let mut lock =
                 slipway::rootfs::refresh_lock(&profiles, &opts).context("refreshing the lock")?;
+            if !kubernetes.is_empty() {
+                lock = slipway::rootfs::lock_kubernetes(&kubernetes, &profiles, &opts)
+                    .context("pinning the Kubernetes binaries")?;
+                for v in &kubernetes {
+                    for (name, b) in &lock.kubernetes[v] {
+                        println!("kubernetes {v}: {name} sha512:{}", &b.sha512[..16]);
+                    }
+                }
+            }
             for (name, p) in &lock.profiles {
                 println!(
                     "{name}: {} packages from {} ({})",

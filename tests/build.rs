@@ -499,6 +499,20 @@ fn manifest_lists_every_artifact_with_its_hash_and_secrets_stay_private() {
     let b = built();
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(b.out.join("manifest.json")).unwrap()).unwrap();
+    // The test lock pins no Kubernetes binaries: the build says so, in the manifest and
+    // as a warning, and the images carry none (tests/kube.rs builds with them).
+    assert_eq!(
+        on_disk["kubernetes"],
+        serde_json::json!({"version": "v1.34.2", "binaries": [], "missing": ["kubelet", "kubectl"]})
+    );
+    assert!(
+        b.manifest
+            .warnings
+            .iter()
+            .any(|w| w.contains("carry no kubelet, kubectl v1.34.2")),
+        "{:?}",
+        b.manifest.warnings
+    );
     let listed: BTreeMap<String, String> = on_disk["artifacts"]
         .as_array()
         .unwrap()

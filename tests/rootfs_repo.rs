@@ -214,6 +214,7 @@ impl Repo {
             host_root: self.data.join("no-host"),
             locked: false,
             source_date_epoch: SDE,
+            kube_artifacts: None,
         }
     }
     fn keyring(&self) -> PathBuf {

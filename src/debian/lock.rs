@@ -18,6 +18,9 @@ pub struct Lock {
     pub version: u32,
     #[serde(default, rename = "profile")]
     pub profiles: BTreeMap<String, LockedProfile>,
+    /// Kubernetes release binaries by version, then name (`slipway lock --kubernetes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kubernetes: BTreeMap<String, BTreeMap<String, crate::kube::LockedBinary>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -93,6 +96,7 @@ impl Lock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock {
                 version: LOCK_VERSION,
                 profiles: BTreeMap::new(),
+                kubernetes: BTreeMap::new(),
             }),
             Err(e) => Err(format!("reading {}: {e}", path.display())),
         }
@@ -108,7 +112,7 @@ impl Lock {
     pub fn to_text(&self) -> Result<String, String> {
         let body = toml::to_string(self).map_err(|e| format!("serializing the lock: {e}"))?;
         Ok(format!(
-            "# Written by `slipway lock`: the Debian packages of every image profile.\n# Do not edit; commit it.\n{body}"
+            "# Written by `slipway lock`: the Debian packages of every image profile and the\n# Kubernetes binaries pinned with --kubernetes. Do not edit; commit it.\n{body}"
         ))
     }
 }

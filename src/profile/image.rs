@@ -25,6 +25,15 @@ struct ImageFile {
     initramfs_modules: Vec<String>,
     #[serde(default)]
     images: Vec<ImageEntry>,
+    kubernetes: Option<KubernetesSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesSection {
+    #[serde(default)]
+    binaries: Vec<String>,
+    release_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +93,11 @@ pub struct ImageProfile {
     /// Container images baked in, in profile order (a later profile's entry with the
     /// same name replaces an earlier one).
     pub images: Vec<ContainerImage>,
+    /// Kubernetes release binaries installed as /usr/bin/NAME, at the cluster's
+    /// `kubernetes_version` (`[kubernetes] binaries`; a later profile adds to them).
+    pub kube_binaries: Vec<String>,
+    /// Where they are published (`[kubernetes] release_url`).
+    pub kube_release_url: String,
 }
 
 /// A Debian package name (policy 5.6.1): lower-case letters, digits, `+`, `-`, `.`;
@@ -162,6 +176,8 @@ impl ImageProfile {
             packages: Vec::new(),
             initramfs_modules: Vec::new(),
             images: Vec::new(),
+            kube_binaries: Vec::new(),
+            kube_release_url: crate::kube::DEFAULT_RELEASE_URL.into(),
         };
         let mut packages: Vec<String> = Vec::new();
         for (_, path, f) in chain {
@@ -254,6 +270,30 @@ impl ImageProfile {
                     source,
                     entrypoint: e.entrypoint,
                 });
+            }
+            if let Some(k) = f.kubernetes {
+                if let Some(u) = k.release_url {
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        return Err(ProfileError::Invalid {
+                            path: path.clone(),
+                            field: "kubernetes.release_url".into(),
+                            reason: format!("{u:?} is not an http(s) URL"),
+                        });
+                    }
+                    p.kube_release_url = u;
+                }
+                for (i, b) in k.binaries.into_iter().enumerate() {
+                    if !super::is_plain_name(&b) {
+                        return Err(ProfileError::Invalid {
+                            path: path.clone(),
+                            field: format!("kubernetes.binaries[{i}]"),
+                            reason: format!("{b:?} is not a binary name"),
+                        });
+                    }
+                    if !p.kube_binaries.contains(&b) {
+                        p.kube_binaries.push(b);
+                    }
+                }
             }
             for (i, pkg) in f.packages.into_iter().enumerate() {
                 if pkg.is_empty() || pkg.contains(char::is_whitespace) {

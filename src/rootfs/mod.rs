@@ -55,6 +55,8 @@ pub enum RootfsError {
     Configure(String),
     #[error("kernel module indexes: {0}")]
     Depmod(String),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
 }
 
 /// Where a build finds and keeps things.
@@ -70,6 +72,9 @@ pub struct Options {
     /// Fail instead of resolving when the lock entry is missing or stale.
     pub locked: bool,
     pub source_date_epoch: u64,
+    /// `SLIPWAY_KUBE_ARTIFACTS`: the Kubernetes release tree read instead of the
+    /// release server.
+    pub kube_artifacts: Option<PathBuf>,
 }
 
 /// The default download cache: `$SLIPWAY_CACHE`, else `$XDG_CACHE_HOME/slipway`, else
@@ -191,6 +196,43 @@ pub fn refresh_lock(profiles: &[String], opts: &Options) -> Result<Lock, RootfsE
         let p = ImageProfile::load(&opts.data.root, name)?;
         let entry = resolve_profile(&p, opts, &cache)?;
         lock.profiles.insert(p.name.clone(), entry);
+    }
+    save_lock(&lock, &opts.lock_path)?;
+    Ok(lock)
+}
+
+/// `slipway lock --kubernetes VERSION`: pins the profiles' Kubernetes binaries at each
+/// version (their published SHA-512) into the lock.
+pub fn lock_kubernetes(
+    versions: &[String],
+    profiles: &[String],
+    opts: &Options,
+) -> Result<Lock, RootfsError> {
+    let cache = Cache::new(&opts.cache);
+    let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
+    for version in versions {
+        let mut pins = BTreeMap::new();
+        for name in profiles {
+            let p = ImageProfile::load(&opts.data.root, name)?;
+            let source = crate::kube::Source {
+                release_url: &p.kube_release_url,
+                artifacts: opts.kube_artifacts.as_deref(),
+                agent: &cache.agent,
+            };
+            let missing: Vec<String> = p
+                .kube_binaries
+                .iter()
+                .filter(|b| !pins.contains_key(*b))
+                .cloned()
+                .collect();
+            pins.extend(crate::kube::pin(
+                &source,
+                version,
+                &p.architecture,
+                &missing,
+            )?);
+        }
+        lock.kubernetes.insert(version.clone(), pins);
     }
     save_lock(&lock, &opts.lock_path)?;
     Ok(lock)

@@ -144,6 +144,7 @@ pub fn offline_options() -> slipway::rootfs::Options {
         host_root: PathBuf::from("/nonexistent"),
         locked: true,
         source_date_epoch: 1_764_000_000,
+        kube_artifacts: None,
     }
 }
 
