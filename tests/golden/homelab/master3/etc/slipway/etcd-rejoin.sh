@@ -31,7 +31,7 @@ ctl() {
 		--dial-timeout=2s --command-timeout=5s "$@"
 }
 
-# Every control-plane node's client URL but this node's own.
+# Every control-plane node's client URL (this node's own is skipped below).
 peers=(https://192.168.1.11:2379 https://192.168.1.12:2379 https://192.168.1.13:2379 )
 peer=
 deadline=$((SECONDS + wait_s))
