@@ -4,7 +4,9 @@
 //! virtual media or a USB CD drive present it), slipway-init finds the volume, installs
 //! master3's disk and powers off; without the CD the machine boots from that disk to
 //! `systemctl is-system-running` = running as master3 (checked over SSH on a user-mode
-//! network that reaches nothing: restrict=on, forwarded on loopback only).
+//! network that reaches nothing: restrict=on, forwarded on loopback only). Then the same
+//! ISO, written as is to a USB stick (QEMU's usb-storage on an xHCI controller), boots a
+//! second blank machine through the hybrid GPT's ESP and installs there too.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -80,7 +82,7 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
             name: "master3-install",
             disk: &disk,
             memory_mib: 1024,
-            cpus: 2,
+            cpus: 1,
             extra: vec![
                 "-drive".into(),
                 format!(
@@ -152,6 +154,55 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
         "master3 from its disk installed from the ISO: login prompt at {:.1} s, running at {:.1} s",
         login.as_secs_f64(),
         running.as_secs_f64()
+    );
+    drop(vm);
+
+    // The same image as a USB stick (`dd` of the ISO): firmware boots the ESP of its
+    // hybrid GPT, slipway-init finds the volume on the stick's disk and installs.
+    let disk2 = dir.join("master3-usb.raw");
+    std::fs::File::create(&disk2)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let mut vm = Vm::start(
+        VmConfig {
+            name: "master3-usb-install",
+            disk: &disk2,
+            memory_mib: 1024,
+            cpus: 1,
+            extra: vec![
+                "-device".into(),
+                "qemu-xhci,id=xhci".into(),
+                "-drive".into(),
+                format!(
+                    "if=none,id=stick,readonly=on,format=raw,file={}",
+                    iso.display()
+                ),
+                "-device".into(),
+                "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0".into(),
+            ],
+            netns: None,
+        },
+        &dir,
+    );
+    let done = vm.wait_for("install: done", Duration::from_secs(900), true);
+    vm.wait_exit(Duration::from_secs(120));
+    let console = vm.console();
+    for want in [
+        "install: medium /dev/sda (SLIPWAY_INSTALL) mounted",
+        "install: /dev/disk/by-path/pci-0000:00:04.0 is /dev/vda",
+        "install: powering off; remove the install medium",
+    ] {
+        assert!(
+            console.contains(want),
+            "USB stick: no {want:?} (log {})",
+            vm.log.display()
+        );
+    }
+    eprintln!(
+        "iso as a USB stick ({}): install done at {:.1} s after power-on",
+        harness::accel(),
+        done.as_secs_f64()
     );
     drop(vm);
     harness::passed(&dir);
