@@ -483,16 +483,16 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     // Kubernetes binaries, where slipway.lock pins them at the cluster's version.
     let mut kube = Vec::new();
     let mut kube_missing = Vec::new();
+    let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
+    let source = crate::kube::Source {
+        release_url: &r.profile.kube_release_url,
+        artifacts: ctx.opts.rootfs.kube_artifacts.as_deref(),
+        agent: &cache.agent,
+    };
     for b in &r.profile.kube_binaries {
         let Some(pin) = ctx.kube_pins.and_then(|p| p.get(b)) else {
             kube_missing.push(b.clone());
             continue;
-        };
-        let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
-        let source = crate::kube::Source {
-            release_url: &r.profile.kube_release_url,
-            artifacts: ctx.opts.rootfs.kube_artifacts.as_deref(),
-            agent: &cache.agent,
         };
         let bytes = crate::kube::fetch(
             &source,
