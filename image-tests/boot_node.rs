@@ -17,14 +17,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 fn built() -> &'static PathBuf {
-    static B: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &B.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("out");
-        common::build(&common::example(), &tmp.path().join("secrets"), &out, false);
-        (tmp, out)
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = common::shared_build_dir();
+        let out = dir.join("out");
+        common::build(&common::example(), &dir.join("secrets"), &out, false);
+        out
     })
-    .1
 }
 
 #[test]

@@ -355,15 +355,16 @@ fn the_example_cluster_holds_its_vip_through_failures() {
 }
 
 /// Kubelet registration and `kubectl get nodes` through the VIP (also while master1 is
-/// off) need kubelet in the image (`slipway lock --kubernetes VERSION` where the release
-/// server is reachable, docs/kubernetes.md) and the API server's images, which slipway
-/// does not pin yet (issue 7). Until then this cannot run, and is counted as ignored,
-/// never as passed. (etcd's three members are checked above, with the test starting
-/// etcd's static pod in kubelet's place.)
+/// off) need kubelet and the control plane's images in the image: `slipway lock
+/// --kubernetes VERSION` pins both (docs/kubernetes.md), but only where dl.k8s.io and
+/// registry.k8s.io are reachable, which this project's build machine is not, so the test
+/// lock pins neither. Until a lock with those pins exists this cannot run, and is counted
+/// as ignored, never as passed. (etcd's three members are checked above, with the test
+/// starting etcd's static pod in kubelet's place.)
 #[test]
-#[ignore = "needs kubelet and the API server's images in the image (issue 7)"]
+#[ignore = "needs kubelet and the control-plane images pinned in the test lock (dl.k8s.io and registry.k8s.io are out of reach here)"]
 fn kubelets_register_through_the_vip() {
     panic!(
-        "cannot run: the test lock pins no kubelet (dl.k8s.io is out of reach here) and slipway does not bake the control-plane images yet (issue 7)"
+        "cannot run: the test lock pins no kubelet and no control-plane images (dl.k8s.io and registry.k8s.io are out of reach here)"
     );
 }

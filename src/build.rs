@@ -133,8 +133,8 @@ pub struct KubeSummary {
     /// cluster.toml's `kubernetes_version`.
     pub version: String,
     pub binaries: Vec<KubeBinary>,
-    /// Binaries the profiles name that slipway.lock does not pin at this version: the
-    /// images were built without them.
+    /// Binaries and images (`[kubernetes]` in the profiles) that slipway.lock does not
+    /// pin at this version: the images were built without them.
     pub missing: Vec<String>,
 }
 
@@ -268,11 +268,16 @@ pub fn build(
         }
     })?;
     let kube_pins = lock.kubernetes.get(&cluster.kubernetes.tag);
+    let v = &cluster.kubernetes.tag;
     let ctx = RoleContext {
-        kube_version: &cluster.kubernetes.tag,
+        kube_version: v,
         kube_pins,
         baked: &baked,
         etcd_image: &cluster.images.etcd,
+        component_images: crate::cluster::CONTROL_PLANE_COMPONENTS
+            .iter()
+            .map(|c| cluster.images.component(c, v))
+            .collect(),
         shared: &shared,
         opts,
         init: &init,
@@ -405,11 +410,10 @@ pub fn build(
             let mut w = prepared.warnings.clone();
             if !kubernetes.missing.is_empty() {
                 w.push(format!(
-                    "the images carry no {} {}: slipway.lock does not pin them (run `slipway lock --kubernetes {}` where {} is reachable, or with {}=DIR); kubelet.service is skipped on nodes without kubelet",
+                    "the images carry none of {} at {}: slipway.lock does not pin them (run `slipway lock --kubernetes {}` where the release server and the image registries are reachable; {}=DIR reads the binaries from a copy of the release tree); kubelet.service is skipped on nodes without kubelet, and a node pulls what it lacks",
                     kubernetes.missing.join(", "),
                     kubernetes.version,
                     kubernetes.version,
-                    crate::kube::DEFAULT_RELEASE_URL,
                     crate::kube::ARTIFACTS_ENV
                 ));
             }
@@ -434,11 +438,14 @@ pub fn build(
 struct RoleContext<'a> {
     /// cluster.toml's `kubernetes_version` and what slipway.lock pins at it.
     kube_version: &'a str,
-    kube_pins: Option<&'a BTreeMap<String, crate::kube::LockedBinary>>,
+    kube_pins: Option<&'a crate::kube::LockedRelease>,
     /// Container images for every role, with their sources.
     baked: &'a [(crate::oci::archive::ImageArchive, String)],
     /// The etcd static pod's image: the control-plane role must carry it.
     etcd_image: &'a str,
+    /// The other static pods' images (kube-apiserver, ...): the control-plane role
+    /// carries them, or they are pinned nowhere and reported missing.
+    component_images: Vec<String>,
     shared: &'a rootfs::SharedDebs,
     opts: &'a BuildOptions,
     init: &'a [u8],
@@ -490,7 +497,7 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         agent: &cache.agent,
     };
     for b in &r.profile.kube_binaries {
-        let Some(pin) = ctx.kube_pins.and_then(|p| p.get(b)) else {
+        let Some(pin) = ctx.kube_pins.and_then(|p| p.binaries.get(b)) else {
             kube_missing.push(b.clone());
             continue;
         };
@@ -520,12 +527,35 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
         archives.retain(|(a, _)| a.name != img.name);
         archives.push(profile_image(img, &r, ctx).map_err(image_err)?);
     }
-    if role == Role::ControlPlane && !archives.iter().any(|(a, _)| a.name == ctx.etcd_image) {
-        return Err(image_err(format!(
-            "the etcd image {} (cluster.etcd_image) is not among the role's images; \
-             add it to the profile's [[images]] so that no node has to pull it",
-            ctx.etcd_image
-        )));
+    // The release's images (kube-apiserver, ...) and add-ons' (CoreDNS, the CNI's), where
+    // slipway.lock pins them at the cluster's version.
+    let kube_images = r.profile.kube_image_names(ctx.kube_version);
+    for image in &kube_images {
+        let Some(pinned) = ctx.kube_pins.and_then(|p| p.image(image)) else {
+            kube_missing.push(image.clone());
+            continue;
+        };
+        archives.retain(|(a, _)| a.name != *image);
+        archives.push(registry_image(image, &pinned, ctx).map_err(image_err)?);
+    }
+    if role == Role::ControlPlane {
+        if !archives.iter().any(|(a, _)| a.name == ctx.etcd_image) {
+            return Err(image_err(format!(
+                "the etcd image {} (cluster.etcd_image) is not among the role's images; \
+                 add it to the profile's [[images]] so that no node has to pull it",
+                ctx.etcd_image
+            )));
+        }
+        for c in &ctx.component_images {
+            if !archives.iter().any(|(a, _)| a.name == *c) && !kube_images.contains(c) {
+                return Err(image_err(format!(
+                    "the static pod image {c} (cluster.image_repository and \
+                     kubernetes_version) is not among the role's [kubernetes] images ({}); \
+                     set the profile's [kubernetes] image_repository to cluster.image_repository",
+                    kube_images.join(", ")
+                )));
+            }
+        }
     }
     let mut baked = Vec::new();
     // What slipway-images.service imports and pins: "ARCHIVE NAME" per line.
@@ -681,15 +711,7 @@ fn profile_image(
             let a = crate::oci::archive::build_tree(&img.name, &tree, &entry, ctx.epoch)?;
             Ok((a, format!("deb:{}", pinned.join(","))))
         }
-        ImageSource::Registry(reference) => {
-            let r: crate::oci::Reference = reference.parse().map_err(|e| format!("{e}"))?;
-            let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
-            let pulled = crate::oci::Client::new(&cache)
-                .pull(&r)
-                .map_err(|e| format!("image {}: {e}", img.name))?;
-            let a = crate::oci::archive::from_pulled(&img.name, &pulled, ctx.epoch)?;
-            Ok((a, format!("oci:{reference}")))
-        }
+        ImageSource::Registry(reference) => registry_image(&img.name, reference, ctx),
         ImageSource::Dir { path: dir, written } => {
             use std::os::unix::fs::PermissionsExt;
             let mut files = Vec::new();
@@ -716,6 +738,22 @@ fn profile_image(
             Ok((a, format!("dir:{written}")))
         }
     }
+}
+
+/// The image `reference` (pinned) pulled (verified) into the package cache and repacked
+/// as `name`, its digests unchanged.
+fn registry_image(
+    name: &str,
+    reference: &str,
+    ctx: &RoleContext<'_>,
+) -> Result<(crate::oci::archive::ImageArchive, String), String> {
+    let r: crate::oci::Reference = reference.parse().map_err(|e| format!("{e}"))?;
+    let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
+    let pulled = crate::oci::Client::new(&cache)
+        .pull(&r)
+        .map_err(|e| format!("image {name}: {e}"))?;
+    let a = crate::oci::archive::from_pulled(name, &pulled, ctx.epoch)?;
+    Ok((a, format!("oci:{reference}")))
 }
 
 /// The file name of an image's archive: its reference with `/` and `:` made safe.

@@ -14,6 +14,8 @@ use sha2::{Digest, Sha512};
 
 /// Where the Kubernetes project publishes its release binaries.
 pub const DEFAULT_RELEASE_URL: &str = "https://dl.k8s.io/release";
+/// Where the release's container images are (kube-apiserver and the rest).
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
 /// A directory laid out as the release server (`VERSION/bin/linux/ARCH/NAME` and
 /// `NAME.sha512`), used instead of it.
 pub const ARTIFACTS_ENV: &str = "SLIPWAY_KUBE_ARTIFACTS";
@@ -26,6 +28,26 @@ pub struct LockedBinary {
     pub url: String,
     /// Lowercase hex SHA-512, as the release publishes it.
     pub sha512: String,
+}
+
+/// What slipway.lock pins of one Kubernetes version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LockedRelease {
+    /// Release binaries by name.
+    #[serde(default)]
+    pub binaries: BTreeMap<String, LockedBinary>,
+    /// Container images, `REGISTRY/REPOSITORY:TAG` -> `sha256:HEX` of the manifest or
+    /// index the tag named when it was locked.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
+}
+
+impl LockedRelease {
+    /// `name` pinned by its digest, if slipway.lock has it.
+    pub fn image(&self, name: &str) -> Option<String> {
+        self.images.get(name).map(|d| format!("{name}@{d}"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

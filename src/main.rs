@@ -76,7 +76,8 @@ enum Cmd {
         /// Profiles to resolve [default: base, control-plane, worker]
         profiles: Vec<String>,
         /// Also pin the profiles' Kubernetes binaries at VERSION (e.g. v1.34.2) from their
-        /// published SHA-512 checksums (the release server, or --kube-artifacts)
+        /// published SHA-512 checksums (the release server, or --kube-artifacts) and their
+        /// [kubernetes] images by the digest each tag names in its registry
         #[arg(long, value_name = "VERSION")]
         kubernetes: Vec<String>,
         #[command(flatten)]
@@ -396,10 +397,14 @@ fn run(cli: Cli) -> Result<()> {
                 slipway::rootfs::refresh_lock(&profiles, &opts).context("refreshing the lock")?;
             if !kubernetes.is_empty() {
                 lock = slipway::rootfs::lock_kubernetes(&kubernetes, &profiles, &opts)
-                    .context("pinning the Kubernetes binaries")?;
+                    .context("pinning the Kubernetes binaries and images")?;
                 for v in &kubernetes {
-                    for (name, b) in &lock.kubernetes[v] {
+                    let pins = &lock.kubernetes[v];
+                    for (name, b) in &pins.binaries {
                         println!("kubernetes {v}: {name} sha512:{}", &b.sha512[..16]);
+                    }
+                    for (name, digest) in &pins.images {
+                        println!("kubernetes {v}: {name}@{digest}");
                     }
                 }
             }

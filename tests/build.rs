@@ -14,7 +14,6 @@ use std::sync::OnceLock;
 use common::{SfPart, check, read_range, run, sfdisk_parts, stdout};
 
 struct Built {
-    _tmp: tempfile::TempDir,
     cluster: PathBuf,
     secrets: PathBuf,
     out: PathBuf,
@@ -25,11 +24,11 @@ struct Built {
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let cluster = tmp.path().join("cluster.toml");
+        let dir = common::shared_build_dir();
+        let cluster = dir.join("cluster.toml");
         std::fs::copy(common::example(), &cluster).unwrap();
-        let secrets = tmp.path().join("secrets");
-        let out = tmp.path().join("out");
+        let secrets = dir.join("secrets");
+        let out = dir.join("out");
         let t = std::time::Instant::now();
         let manifest = common::build(&cluster, &secrets, &out, true);
         eprintln!(
@@ -37,7 +36,6 @@ fn built() -> &'static Built {
             t.elapsed().as_secs_f64()
         );
         Built {
-            _tmp: tmp,
             cluster,
             secrets,
             out,
@@ -499,17 +497,27 @@ fn manifest_lists_every_artifact_with_its_hash_and_secrets_stay_private() {
     let b = built();
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(b.out.join("manifest.json")).unwrap()).unwrap();
-    // The test lock pins no Kubernetes binaries: the build says so, in the manifest and
-    // as a warning, and the images carry none (tests/kube.rs builds with them).
+    // The test lock pins nothing of Kubernetes: the build says so, in the manifest and
+    // as a warning, and the images carry none of it (tests/kube.rs builds with them).
+    let missing = [
+        "kubelet",
+        "kubectl",
+        "registry.k8s.io/coredns/coredns:v1.12.1",
+        "quay.io/cilium/cilium:v1.18.4",
+        "quay.io/cilium/operator-generic:v1.18.4",
+        "registry.k8s.io/kube-apiserver:v1.34.2",
+        "registry.k8s.io/kube-controller-manager:v1.34.2",
+        "registry.k8s.io/kube-scheduler:v1.34.2",
+    ];
     assert_eq!(
         on_disk["kubernetes"],
-        serde_json::json!({"version": "v1.34.2", "binaries": [], "missing": ["kubelet", "kubectl"]})
+        serde_json::json!({"version": "v1.34.2", "binaries": [], "missing": missing})
     );
     assert!(
         b.manifest
             .warnings
             .iter()
-            .any(|w| w.contains("carry no kubelet, kubectl v1.34.2")),
+            .any(|w| w.contains(&format!("carry none of {} at v1.34.2", missing.join(", ")))),
         "{:?}",
         b.manifest.warnings
     );

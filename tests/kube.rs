@@ -1,17 +1,120 @@
-//! Kubernetes binaries into the images: `slipway lock --kubernetes` pins them from the
-//! SHA-512 files published beside them, `slipway build` installs them in every role
-//! verified against those pins, and refuses bytes that differ. The release tree here is
-//! a local copy (`SLIPWAY_KUBE_ARTIFACTS`, laid out as dl.k8s.io's), with stand-in files:
-//! what is tested is the pinning, fetching and checking, not kubelet (this machine cannot
-//! reach the release server).
+//! Kubernetes into the images: `slipway lock --kubernetes` pins the release binaries from
+//! the SHA-512 files published beside them and the profiles' `[kubernetes] images` from
+//! their tags; `slipway build` installs the binaries in every role verified against those
+//! pins, bakes the images (pulled by the pinned digest), and refuses bytes that differ.
+//! The release tree here is a local copy (`SLIPWAY_KUBE_ARTIFACTS`, laid out as
+//! dl.k8s.io's) with stand-in files, and the images are stand-ins in a real registry on
+//! 127.0.0.1 (Debian's docker-registry): what is tested is the pinning, fetching, checking
+//! and baking, not kubelet or the API server (this machine reaches neither dl.k8s.io nor
+//! registry.k8s.io, and no test may).
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::registry::{Registry, layout_labelled, push_as};
 use sha2::{Digest, Sha512};
+
+/// A site with its own registry on 127.0.0.1: the release's images (kube-apiserver,
+/// kube-controller-manager, kube-scheduler at each version, under `REGISTRY/k8s`) and two
+/// add-ons' (CoreDNS, Cilium), each a different two-architecture image; a data directory
+/// whose profiles name them; and the example cluster with `image_repository` there.
+struct Site {
+    reg: Registry,
+    data: PathBuf,
+    cluster: PathBuf,
+    /// Image name -> (index digest, linux/amd64 manifest digest), as pushed.
+    pushed: BTreeMap<String, (String, String)>,
+}
+
+fn site(tmp: &Path, versions: &[&str]) -> Site {
+    let reg = Registry::start(tmp);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let mut names: Vec<String> = Vec::new();
+    for v in versions {
+        for c in slipway::cluster::CONTROL_PLANE_COMPONENTS {
+            names.push(format!("k8s/{c}:{v}"));
+        }
+    }
+    names.push("coredns/coredns:v1.12.1".into());
+    names.push("cilium/cilium:v1.18.4".into());
+    let mut pushed = BTreeMap::new();
+    for n in &names {
+        let dir = tmp.join("layouts").join(n.replace(['/', ':'], "_"));
+        let l = layout_labelled(&dir, &["amd64", "arm64"], n);
+        push_as(&reg, &l, n, tmp);
+        let (_, amd64, _) = l.images.iter().find(|i| i.0 == "amd64").unwrap();
+        pushed.insert(format!("{host}/{n}"), (l.index.clone(), amd64.clone()));
+    }
+    let data = tmp.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for d in ["profiles", "overlays"] {
+        common::check(
+            Command::new("cp")
+                .arg("-a")
+                .arg(common::repo().join(d))
+                .arg(&data),
+        );
+    }
+    let base = data.join("profiles/base.toml");
+    let text = std::fs::read_to_string(&base).unwrap();
+    let images = text.find("images = [").unwrap();
+    let end = images + text[images..].find(']').unwrap() + 1;
+    let text = format!(
+        "{}images = [\"{host}/coredns/coredns:v1.12.1\", \"{host}/cilium/cilium:v1.18.4\"]{}",
+        &text[..images],
+        &text[end..]
+    )
+    .replace(
+        "image_repository = \"registry.k8s.io\"",
+        &format!("image_repository = \"{host}/k8s\""),
+    );
+    std::fs::write(&base, text).unwrap();
+    let cluster = tmp.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        std::fs::read_to_string(common::example()).unwrap().replace(
+            "kubernetes_version = \"v1.34.2\"",
+            &format!("kubernetes_version = \"v1.34.2\"\nimage_repository = \"{host}/k8s\""),
+        ),
+    )
+    .unwrap();
+    Site {
+        reg,
+        data,
+        cluster,
+        pushed,
+    }
+}
+
+/// `DIR` of the root of `role`'s disk in `out`, unsquashed (only `paths`).
+fn unsquash(out: &Path, role: &str, tmp: &Path, paths: &[&str]) -> PathBuf {
+    let disk = out.join(format!("images/{role}.raw"));
+    let root_part = common::sfdisk_parts(&disk)
+        .into_iter()
+        .find(|p| p.name == "root-a")
+        .unwrap();
+    let root = tmp.join(format!("{role}.sqfs"));
+    std::fs::write(
+        &root,
+        common::read_range(&disk, root_part.start, root_part.size),
+    )
+    .unwrap();
+    let x = tmp.join(format!("{role}-root"));
+    let _ = std::fs::remove_dir_all(&x);
+    common::check(
+        Command::new("unsquashfs")
+            .args(["-q", "-d"])
+            .arg(&x)
+            .arg(&root)
+            .args(paths),
+    );
+    x
+}
 
 fn publish(dir: &std::path::Path, version: &str, name: &str, bytes: &[u8], sum_of: &[u8]) {
     let bin = dir.join(version).join("bin/linux/amd64");
@@ -26,8 +129,10 @@ fn publish(dir: &std::path::Path, version: &str, name: &str, bytes: &[u8], sum_o
 }
 
 #[test]
-fn pinned_binaries_are_installed_and_other_bytes_refused() {
+fn pinned_binaries_and_images_are_installed_and_other_bytes_refused() {
     let tmp = tempfile::tempdir().unwrap();
+    let site = site(tmp.path(), &["v1.34.2", "v1.34.3"]);
+    let host = format!("127.0.0.1:{}", site.reg.port);
     let release = tmp.path().join("release");
     // Unique per run, so that nothing of another run is found in the shared cache.
     let nonce = format!("{:?}", std::time::SystemTime::now());
@@ -43,22 +148,44 @@ fn pinned_binaries_are_installed_and_other_bytes_refused() {
     let lock = tmp.path().join("slipway.lock");
     std::fs::copy(common::fixture("SLIPWAY_TEST_LOCK"), &lock).unwrap();
     let mut rootfs = common::offline_options();
+    rootfs.data = slipway::profile::DataDir::new(&site.data);
     rootfs.lock_path = lock.clone();
     rootfs.kube_artifacts = Some(release.clone());
     let profiles = ["base", "control-plane", "worker"].map(String::from);
     let l =
         slipway::rootfs::lock_kubernetes(&["v1.34.2".into(), "v1.34.3".into()], &profiles, &rootfs)
             .unwrap();
-    let pin = &l.kubernetes["v1.34.2"]["kubelet"];
+    let pin = &l.kubernetes["v1.34.2"].binaries["kubelet"];
     assert_eq!(
         pin.url,
         "https://dl.k8s.io/release/v1.34.2/bin/linux/amd64/kubelet"
     );
     assert_eq!(pin.sha512, hex::encode(Sha512::digest(&kubelet)));
+    // Every image at its tag's digest: the five of v1.34.2 (three release images, two
+    // add-ons), each the index that was pushed.
+    let v2: BTreeMap<String, String> = site
+        .pushed
+        .iter()
+        .filter(|(n, _)| !n.ends_with(":v1.34.3"))
+        .map(|(n, (index, _))| (n.clone(), format!("sha256:{index}")))
+        .collect();
+    assert_eq!(v2.len(), 5);
+    assert_eq!(l.kubernetes["v1.34.2"].images, v2);
     let text = std::fs::read_to_string(&lock).unwrap();
-    assert!(text.contains("[kubernetes.\"v1.34.2\".kubelet]"), "{text}");
+    assert!(
+        text.contains("[kubernetes.\"v1.34.2\".binaries.kubelet]")
+            && text.contains("[kubernetes.\"v1.34.2\".images]"),
+        "{text}"
+    );
 
-    // The example at v1.34.2: both binaries in both roles, byte for byte, 0755.
+    // The tag moves after the lock was written: the build takes the pinned image all
+    // the same (a tag is read by `slipway lock` only).
+    let scheduler = format!("{host}/k8s/kube-scheduler:v1.34.2");
+    let moved = layout_labelled(&tmp.path().join("moved"), &["amd64"], "moved");
+    push_as(&site.reg, &moved, "k8s/kube-scheduler:v1.34.2", tmp.path());
+
+    // The example at v1.34.2: both binaries in both roles, byte for byte, 0755; the
+    // add-ons' images in both roles, the release's in the control plane's.
     let opts = slipway::build::BuildOptions {
         rootfs,
         secrets_dir: tmp.path().join("secrets"),
@@ -67,9 +194,14 @@ fn pinned_binaries_are_installed_and_other_bytes_refused() {
         progress: false,
     };
     let out = tmp.path().join("out");
-    let m = slipway::build::build(&common::example(), &opts, &out).unwrap();
+    let m = slipway::build::build(&site.cluster, &opts, &out).unwrap();
     assert_eq!(m.kubernetes.version, "v1.34.2");
     assert!(m.kubernetes.missing.is_empty(), "{:?}", m.kubernetes);
+    assert!(
+        !m.warnings.iter().any(|w| w.contains("carry none")),
+        "{:?}",
+        m.warnings
+    );
     let names: Vec<(&str, &[String])> = m
         .kubernetes
         .binaries
@@ -80,25 +212,40 @@ fn pinned_binaries_are_installed_and_other_bytes_refused() {
     assert_eq!(names, [("kubelet", &both[..]), ("kubectl", &both[..])]);
     let json = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(json.contains(&pin.sha512), "manifest.json lacks the pin");
+    for (name, (index, amd64)) in site.pushed.iter().filter(|(n, _)| !n.ends_with(":v1.34.3")) {
+        let i = m
+            .images
+            .iter()
+            .find(|i| i.name == *name)
+            .unwrap_or_else(|| panic!("{name} not baked: {:?}", m.images));
+        assert_eq!(i.digest, format!("sha256:{amd64}"), "{name}");
+        assert_eq!(i.source, format!("oci:{name}@sha256:{index}"), "{name}");
+        let roles = if name.contains("/k8s/") {
+            &both[..1]
+        } else {
+            &both[..]
+        };
+        assert_eq!(i.roles, roles, "{name}");
+    }
+    assert_ne!(
+        m.images
+            .iter()
+            .find(|i| i.name == scheduler)
+            .unwrap()
+            .digest,
+        format!("sha256:{}", moved.images[0].1),
+        "the moved tag was followed"
+    );
     for role in ["control-plane", "worker"] {
-        let disk = out.join(format!("images/{role}.raw"));
-        let root_part = common::sfdisk_parts(&disk)
-            .into_iter()
-            .find(|p| p.name == "root-a")
-            .unwrap();
-        let root = tmp.path().join(format!("{role}.sqfs"));
-        std::fs::write(
-            &root,
-            common::read_range(&disk, root_part.start, root_part.size),
-        )
-        .unwrap();
-        let x = tmp.path().join(format!("{role}-bin"));
-        common::check(
-            Command::new("unsquashfs")
-                .args(["-q", "-d"])
-                .arg(&x)
-                .arg(&root)
-                .args(["usr/bin/kubelet", "usr/bin/kubectl"]),
+        let x = unsquash(
+            &out,
+            role,
+            tmp.path(),
+            &[
+                "usr/bin/kubelet",
+                "usr/bin/kubectl",
+                "usr/share/slipway/images/images.list",
+            ],
         );
         for (name, want) in [("kubelet", &kubelet), ("kubectl", &kubectl)] {
             let p = x.join("usr/bin").join(name);
@@ -106,20 +253,55 @@ fn pinned_binaries_are_installed_and_other_bytes_refused() {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
             assert_eq!(mode, 0o755, "{role}: {name}");
         }
+        // What slipway-images.service imports before kubelet starts.
+        let list = std::fs::read_to_string(x.join("usr/share/slipway/images/images.list")).unwrap();
+        let listed: Vec<&str> = list.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+        for name in m
+            .images
+            .iter()
+            .filter(|i| i.roles.iter().any(|r| r == role))
+        {
+            assert!(listed.contains(&name.name.as_str()), "{role}: {list}");
+        }
+        assert_eq!(
+            listed.contains(&scheduler.as_str()),
+            role == "control-plane",
+            "{role}: {list}"
+        );
     }
 
-    // Cached: a second build needs neither the release tree nor the network.
+    // Cached: a second build needs neither the release tree, nor the registry, nor the
+    // network.
+    drop(site.reg);
     let mut offline = opts.clone();
     offline.rootfs.kube_artifacts = Some(tmp.path().join("gone"));
-    slipway::build::build(&common::example(), &offline, &out).unwrap();
+    let again = slipway::build::build(&site.cluster, &offline, &out).unwrap();
+    assert_eq!(
+        again.images.iter().map(|i| &i.digest).collect::<Vec<_>>(),
+        m.images.iter().map(|i| &i.digest).collect::<Vec<_>>()
+    );
+
+    // The cluster's static pods naming images the profiles do not pin (its
+    // image_repository is not the profiles'): refused, naming both; output kept.
+    let before = std::fs::read(out.join("manifest.json")).unwrap();
+    let Err(e) = slipway::build::build(&common::example(), &offline, &out) else {
+        panic!("static pods naming images nobody bakes were built");
+    };
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("registry.k8s.io/kube-apiserver:v1.34.2")
+            && e.contains(&format!("{host}/k8s/kube-apiserver:v1.34.2"))
+            && e.contains("image_repository"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), before);
 
     // v1.34.3: the kubelet's bytes are not the pinned ones. Refused by name, version,
     // file and both digests; the previous output stays.
-    let before = std::fs::read(out.join("manifest.json")).unwrap();
-    let cluster = tmp.path().join("cluster.toml");
+    let cluster = tmp.path().join("cluster-v1.34.3.toml");
     std::fs::write(
         &cluster,
-        std::fs::read_to_string(common::example())
+        std::fs::read_to_string(&site.cluster)
             .unwrap()
             .replace("v1.34.2", "v1.34.3"),
     )
@@ -180,6 +362,24 @@ fn a_bad_kubernetes_table_is_refused_by_field() {
             "release = \"https://dl.k8s.io/release\"",
             "unknown field `release`",
             "",
+        ),
+        (
+            "image_repository = \"registry.k8s.io\"",
+            "image_repository = \"registry\"",
+            "kubernetes.image_repository",
+            "is not REGISTRY[/PATH]",
+        ),
+        (
+            "\"quay.io/cilium/cilium:v1.18.4\"",
+            "\"quay.io/cilium/cilium\"",
+            "kubernetes.images[1]",
+            "nor REGISTRY/REPOSITORY:TAG",
+        ),
+        (
+            "\"quay.io/cilium/cilium:v1.18.4\"",
+            "\"Cilium\"",
+            "kubernetes.images[1]",
+            "is neither an image of the release",
         ),
     ] {
         assert!(text.contains(from), "{from}");

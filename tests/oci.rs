@@ -8,195 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
-use sha2::{Digest, Sha256};
+use common::registry::{Registry, layout, layout_labelled, push, reference, sha, skopeo_copy};
 use slipway::debian::fetch::Cache;
 use slipway::oci::{Client, OciError, Reference};
-
-/// A docker-registry on 127.0.0.1, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let storage = dir.join("storage");
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry (make deps installs it)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "docker-registry did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Registry {
-            child,
-            port,
-            storage,
-        }
-    }
-
-    /// The file the registry serves for `sha256`.
-    fn blob_data(&self, sha256: &str) -> PathBuf {
-        self.storage
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&sha256[..2])
-            .join(sha256)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-/// One image per architecture, each a single-layer tar holding /hello-ARCH.
-struct Layout {
-    dir: PathBuf,
-    index: String,
-    /// (architecture, manifest sha256, layer sha256)
-    images: Vec<(String, String, String)>,
-}
-
-fn layout(dir: &Path, archs: &[&str]) -> Layout {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |b: &[u8]| {
-        let h = sha(b);
-        std::fs::write(blobs.join(&h), b).unwrap();
-        (h, b.len())
-    };
-    let mut images = Vec::new();
-    let mut entries = Vec::new();
-    for arch in archs {
-        let mut t = tar::Builder::new(Vec::new());
-        let content = format!("hello from {arch}\n");
-        let mut h = tar::Header::new_ustar();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, format!("hello-{arch}"), content.as_bytes())
-            .unwrap();
-        let (layer, layer_size) = put(&t.into_inner().unwrap());
-        let config = serde_json::json!({
-            "architecture": arch, "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
-            "config": {}
-        });
-        let (config, config_size) = put(config.to_string().as_bytes());
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": format!("sha256:{config}"), "size": config_size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": format!("sha256:{layer}"), "size": layer_size}]
-        });
-        let (m, m_size) = put(manifest.to_string().as_bytes());
-        entries.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{m}"), "size": m_size,
-            "platform": {"architecture": arch, "os": "linux"}
-        }));
-        images.push((arch.to_string(), m, layer));
-    }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": entries
-    });
-    let (index, index_size) = put(index.to_string().as_bytes());
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "digest": format!("sha256:{index}"), "size": index_size,
-                "annotations": {"org.opencontainers.image.ref.name": "v1"}
-            }]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    Layout {
-        dir: dir.to_owned(),
-        index,
-        images,
-    }
-}
-
-/// `skopeo copy` (digests preserved; `--all` for indexes) with a policy that accepts
-/// unsigned images, kept in `dir`.
-fn skopeo_copy(dir: &Path, from: &str, to: &str, all: bool) {
-    let policy = dir.join("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .unwrap();
-    let mut cmd = Command::new("skopeo");
-    cmd.arg("--policy").arg(&policy).args([
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-    ]);
-    if all {
-        cmd.arg("--all");
-    }
-    common::check(cmd.arg(from).arg(to));
-}
-
-/// Pushes `l` to `reg` as REPO:v1 with skopeo, digests preserved.
-fn push(reg: &Registry, l: &Layout, repo: &str, dir: &Path) {
-    skopeo_copy(
-        dir,
-        &format!("oci:{}:v1", l.dir.display()),
-        &format!("docker://127.0.0.1:{}/{repo}:v1", reg.port),
-        true,
-    );
-}
-
-fn reference(reg: &Registry, repo: &str, sha256: &str) -> Reference {
-    format!("127.0.0.1:{}/{repo}:v1@sha256:{sha256}", reg.port)
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn pulls_amd64_by_index_digest_and_again_with_the_registry_gone() {
@@ -271,6 +88,61 @@ fn a_tampered_layer_or_manifest_is_refused_by_digest() {
         matches!(e, OciError::DigestMismatch { .. }) && e.to_string().contains(&manifest),
         "{e}"
     );
+}
+
+/// What `slipway lock --kubernetes` does with a tag: the digest of what the registry
+/// serves for it now (an index here), which a pull then takes; a tag moved to another
+/// image resolves to that one; an unknown tag, a tag without linux/amd64 and a name
+/// without a tag are refused, named.
+#[test]
+fn a_tag_resolves_to_the_digest_it_names_now() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let l = layout(&tmp.path().join("layout"), &["arm64", "amd64"]);
+    push(&reg, &l, "test/hello", tmp.path());
+    let arm = layout(&tmp.path().join("arm"), &["arm64"]);
+    push(&reg, &arm, "test/arm", tmp.path());
+    let cache = Cache::new(&tmp.path().join("cache"));
+    let client = Client::new(&cache);
+    let name = format!("127.0.0.1:{}/test/hello:v1", reg.port);
+    let r = client.resolve(&name).unwrap();
+    assert_eq!(r.sha256, l.index);
+    assert_eq!(r.to_string(), format!("{name}@sha256:{}", l.index));
+    let (_, amd64, _) = l.images.iter().find(|i| i.0 == "amd64").unwrap();
+    assert_eq!(&client.pull(&r).unwrap().manifest.sha256, amd64);
+
+    let moved = layout_labelled(&tmp.path().join("moved"), &["amd64"], "moved");
+    push(&reg, &moved, "test/hello", tmp.path());
+    assert_eq!(client.resolve(&name).unwrap().sha256, moved.index);
+
+    let e = client
+        .resolve(&format!("127.0.0.1:{}/test/hello:v9", reg.port))
+        .unwrap_err();
+    assert!(
+        matches!(e, OciError::Refused { status: 404, .. })
+            && e.to_string().contains("MANIFEST_UNKNOWN")
+            && e.to_string().contains("test/hello:v9"),
+        "{e}"
+    );
+    let e = client
+        .resolve(&format!("127.0.0.1:{}/test/arm:v1", reg.port))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("test/arm:v1: no linux/amd64 image in its index (it has: linux/arm64)"),
+        "{e}"
+    );
+    for (bad, why) in [
+        ("127.0.0.1:5000/test/hello", "no tag"),
+        (
+            &format!("127.0.0.1:5000/test/hello:v1@sha256:{}", l.index)[..],
+            "has no digest",
+        ),
+        ("hello:v1", "no registry"),
+    ] {
+        let e = client.resolve(bad).unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains(why), "{e}");
+    }
 }
 
 #[test]

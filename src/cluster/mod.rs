@@ -192,10 +192,24 @@ pub struct Images {
     pub pause_tag: String,
 }
 
+/// The control-plane components run as static pods from the release's images (etcd's
+/// image is `Images::etcd`).
+pub const CONTROL_PLANE_COMPONENTS: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
 impl Images {
     /// The pod sandbox image containerd is configured with (and `slipway build` bakes).
     pub fn pause(&self) -> String {
         format!("{}/pause:{}", self.repository, self.pause_tag)
+    }
+
+    /// The image of a control-plane component's static pod (kube-apiserver, ...) at
+    /// `version`.
+    pub fn component(&self, name: &str, version: &str) -> String {
+        format!("{}/{name}:{version}", self.repository)
     }
 }
 

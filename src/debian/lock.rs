@@ -18,9 +18,9 @@ pub struct Lock {
     pub version: u32,
     #[serde(default, rename = "profile")]
     pub profiles: BTreeMap<String, LockedProfile>,
-    /// Kubernetes release binaries by version, then name (`slipway lock --kubernetes`).
+    /// What `slipway lock --kubernetes VERSION` pinned, by version.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub kubernetes: BTreeMap<String, BTreeMap<String, crate::kube::LockedBinary>>,
+    pub kubernetes: BTreeMap<String, crate::kube::LockedRelease>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -106,11 +106,11 @@ pub struct Reference {
 
 impl std::fmt::Display for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
+        write!(f, "{}", self.name())?;
+        if !self.sha256.is_empty() {
+            write!(f, "@sha256:{}", self.sha256)?;
         }
-        write!(f, "@sha256:{}", self.sha256)
+        Ok(())
     }
 }
 
@@ -135,47 +135,91 @@ impl std::str::FromStr for Reference {
         {
             return Err(bad("the digest must be 64 lowercase hex digits"));
         }
-        let (registry, path) = name
-            .split_once('/')
-            .ok_or_else(|| bad("no registry: write REGISTRY/REPOSITORY"))?;
-        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
-            return Err(bad(
-                "the first part must be a registry host (with a dot or a port, or localhost)",
-            ));
-        }
-        let (repository, tag) = match path.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => (r, Some(t.to_string())),
-            _ => (path, None),
-        };
-        let component_ok = |c: &str| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        };
-        if !repository.split('/').all(component_ok) {
-            return Err(bad(
-                "repository components are lowercase letters, digits, '.', '_' and '-'",
-            ));
-        }
-        if let Some(t) = &tag
-            && (t.is_empty()
-                || t.len() > 128
-                || !t
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
-        {
-            return Err(bad("the tag has characters a tag cannot have"));
-        }
+        let (registry, repository, tag) = parse_name(input, name)?;
         Ok(Reference {
-            registry: registry.to_string(),
-            repository: repository.to_string(),
+            registry,
+            repository,
             tag,
             sha256: sha256.to_string(),
         })
     }
 }
 
+/// `REGISTRY/REPOSITORY[:TAG]` of `input`, checked: (registry, repository, tag).
+fn parse_name(input: &str, name: &str) -> Result<(String, String, Option<String>), OciError> {
+    let bad = |reason: &str| OciError::Reference {
+        input: input.to_string(),
+        reason: reason.to_string(),
+    };
+    let (registry, path) = name
+        .split_once('/')
+        .ok_or_else(|| bad("no registry: write REGISTRY/REPOSITORY"))?;
+    if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+        return Err(bad(
+            "the first part must be a registry host (with a dot or a port, or localhost)",
+        ));
+    }
+    let (repository, tag) = match path.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t.to_string())),
+        _ => (path, None),
+    };
+    if !repository.split('/').all(is_repository_component) {
+        return Err(bad(
+            "repository components are lowercase letters, digits, '.', '_' and '-'",
+        ));
+    }
+    if let Some(t) = &tag
+        && (t.is_empty()
+            || t.len() > 128
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+    {
+        return Err(bad("the tag has characters a tag cannot have"));
+    }
+    Ok((registry.to_string(), repository.to_string(), tag))
+}
+
+/// One `/`-separated part of a repository name: lowercase letters, digits, `.`, `_`, `-`.
+pub fn is_repository_component(c: &str) -> bool {
+    !c.is_empty()
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
 impl Reference {
+    /// `REGISTRY/REPOSITORY:TAG`, not yet pinned: what [`Client::resolve`] takes. Its
+    /// digest is empty until resolved (and it displays without one).
+    pub fn tagged(input: &str) -> Result<Reference, OciError> {
+        if input.contains('@') {
+            return Err(OciError::Reference {
+                input: input.to_string(),
+                reason: "a tag to resolve has no digest".into(),
+            });
+        }
+        let (registry, repository, tag) = parse_name(input, input)?;
+        if tag.is_none() {
+            return Err(OciError::Reference {
+                input: input.to_string(),
+                reason: "no tag: write REGISTRY/REPOSITORY:TAG".into(),
+            });
+        }
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            sha256: String::new(),
+        })
+    }
+
+    /// `REGISTRY/REPOSITORY[:TAG]`, without the digest.
+    pub fn name(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}/{}:{t}", self.registry, self.repository),
+            None => format!("{}/{}", self.registry, self.repository),
+        }
+    }
+
     /// The registry's base URL: plain HTTP only for loopback hosts.
     pub fn base_url(&self) -> String {
         let host = self
@@ -233,23 +277,7 @@ impl<'a> Client<'a> {
         let (top, top_path) = self.manifest(r, &r.sha256, "the manifest")?;
         let (manifest, manifest_blob) = if top.get("manifests").is_some() {
             let index: ImageIndex = parse(r, "the image index", &top)?;
-            let mut available = Vec::new();
-            let pick = index.manifests().iter().find(|d| {
-                let Some(p) = d.platform() else { return false };
-                let (os, arch) = (p.os().to_string(), p.architecture().to_string());
-                available.push(format!("{os}/{arch}"));
-                (os.as_str(), arch.as_str()) == PLATFORM
-            });
-            let Some(d) = pick else {
-                return Err(OciError::Platform {
-                    reference: r.to_string(),
-                    available: if available.is_empty() {
-                        "no platforms".into()
-                    } else {
-                        available.join(", ")
-                    },
-                });
-            };
+            let d = platform_manifest(r, &index)?;
             let sha = sha256_of_digest(r, d.digest().as_ref())?;
             let (value, path) = self.manifest(r, &sha, "the linux/amd64 manifest")?;
             let m: ImageManifest = parse(r, "the linux/amd64 manifest", &value)?;
@@ -317,6 +345,51 @@ impl<'a> Client<'a> {
         })
     }
 
+    /// Pins a tag: the digest of the manifest or index `REGISTRY/REPOSITORY:TAG` names
+    /// now (the SHA-256 of the bytes served, which must agree with the registry's
+    /// `Docker-Content-Digest` when it sends one). An index must hold a linux/amd64
+    /// image. The bytes are cached, so a pull of the pinned reference starts from them.
+    pub fn resolve(&self, name: &str) -> Result<Reference, OciError> {
+        let mut r = Reference::tagged(name)?;
+        let tag = r.tag.clone().unwrap_or_default();
+        let url = format!("{}/manifests/{tag}", r.base_url());
+        let (bytes, announced) = self.get(&r, &url, ACCEPT)?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if let Some(a) = announced
+            && a != format!("sha256:{sha}")
+        {
+            return Err(OciError::DigestMismatch {
+                reference: r.to_string(),
+                what: format!("the manifest from {url} (the registry calls it {a})"),
+                want: a.trim_start_matches("sha256:").to_string(),
+                got: sha,
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| OciError::Invalid {
+                reference: r.to_string(),
+                what: format!("the manifest from {url}"),
+                reason: format!("not JSON: {e}"),
+            })?;
+        if value.get("manifests").is_some() {
+            let index: ImageIndex = parse(&r, "the image index", &value)?;
+            platform_manifest(&r, &index)?;
+        } else {
+            let _: ImageManifest = parse(&r, "the manifest", &value)?;
+        }
+        let path = self.cache.blob_path(&sha);
+        let dir = path.parent().unwrap_or(&path);
+        std::fs::create_dir_all(dir)
+            .and_then(|()| crate::fsutil::write_atomic(&path, &bytes, 0o644))
+            .map_err(|e| OciError::Invalid {
+                reference: r.to_string(),
+                what: format!("caching the manifest at {}", path.display()),
+                reason: e.to_string(),
+            })?;
+        r.sha256 = sha;
+        Ok(r)
+    }
+
     fn cached(&self, r: &Reference, w: &Want) -> Result<Option<PathBuf>, OciError> {
         self.cache.verified(w).map_err(|source| OciError::Blob {
             reference: r.to_string(),
@@ -338,7 +411,7 @@ impl<'a> Client<'a> {
             Ok(b) if hex::encode(Sha256::digest(&b)) == sha => b,
             _ => {
                 let url = format!("{}/manifests/sha256:{sha}", r.base_url());
-                let b = self.get(r, &url, ACCEPT)?;
+                let (b, _) = self.get(r, &url, ACCEPT)?;
                 let got = hex::encode(Sha256::digest(&b));
                 if got != sha {
                     return Err(OciError::DigestMismatch {
@@ -384,7 +457,13 @@ impl<'a> Client<'a> {
 
     /// GETs `url` (at most [`MANIFEST_LIMIT`] bytes), with a bearer token when the
     /// registry asks for one.
-    fn get(&self, r: &Reference, url: &str, accept: &str) -> Result<Vec<u8>, OciError> {
+    /// Also returns the `Docker-Content-Digest` the registry announced, if any.
+    fn get(
+        &self,
+        r: &Reference,
+        url: &str,
+        accept: &str,
+    ) -> Result<(Vec<u8>, Option<String>), OciError> {
         let auth = self.cached_token(r);
         let mut resp = self.send(r, url, accept, auth.as_deref())?;
         if resp.status() == 401 && auth.is_none() {
@@ -392,6 +471,11 @@ impl<'a> Client<'a> {
             resp = self.send(r, url, accept, Some(&format!("Bearer {token}")))?;
         }
         let status = resp.status().as_u16();
+        let announced = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = Vec::new();
         resp.body_mut()
             .with_config()
@@ -406,7 +490,7 @@ impl<'a> Client<'a> {
         if status != 200 {
             return Err(refused(r, url, status, &body));
         }
-        Ok(body)
+        Ok((body, announced))
     }
 
     fn cached_token(&self, r: &Reference) -> Option<String> {
@@ -505,6 +589,28 @@ impl<'a> Client<'a> {
         }
         Ok(token)
     }
+}
+
+/// The linux/amd64 entry of an image index.
+fn platform_manifest<'i>(
+    r: &Reference,
+    index: &'i ImageIndex,
+) -> Result<&'i oci_spec::image::Descriptor, OciError> {
+    let mut available = Vec::new();
+    let pick = index.manifests().iter().find(|d| {
+        let Some(p) = d.platform() else { return false };
+        let (os, arch) = (p.os().to_string(), p.architecture().to_string());
+        available.push(format!("{os}/{arch}"));
+        (os.as_str(), arch.as_str()) == PLATFORM
+    });
+    pick.ok_or_else(|| OciError::Platform {
+        reference: r.to_string(),
+        available: if available.is_empty() {
+            "no platforms".into()
+        } else {
+            available.join(", ")
+        },
+    })
 }
 
 fn refused(r: &Reference, url: &str, status: u16, body: &[u8]) -> OciError {

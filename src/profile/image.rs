@@ -34,6 +34,9 @@ struct KubernetesSection {
     #[serde(default)]
     binaries: Vec<String>,
     release_url: Option<String>,
+    #[serde(default)]
+    images: Vec<String>,
+    image_repository: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +101,13 @@ pub struct ImageProfile {
     pub kube_binaries: Vec<String>,
     /// Where they are published (`[kubernetes] release_url`).
     pub kube_release_url: String,
+    /// Container images of the Kubernetes release (`[kubernetes] images`): a bare
+    /// REPOSITORY is `{kube_image_repository}/REPOSITORY:{kubernetes_version}`, a full
+    /// `REGISTRY/REPOSITORY:TAG` (an add-on's) is taken as written. Pinned by digest with
+    /// the binaries by `slipway lock --kubernetes VERSION`.
+    pub kube_images: Vec<String>,
+    /// Where the release's own images are (`[kubernetes] image_repository`).
+    pub kube_image_repository: String,
 }
 
 /// A Debian package name (policy 5.6.1): lower-case letters, digits, `+`, `-`, `.`;
@@ -109,9 +119,30 @@ fn is_package_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
+/// A `[kubernetes] images` entry that names its registry and tag itself (an add-on's),
+/// not a repository of the release's.
+fn is_full_name(entry: &str) -> bool {
+    entry.contains(['/', ':'])
+}
+
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 impl ImageProfile {
+    /// The `[kubernetes] images` as `REGISTRY/REPOSITORY:TAG` for `version`, in profile
+    /// order.
+    pub fn kube_image_names(&self, version: &str) -> Vec<String> {
+        self.kube_images
+            .iter()
+            .map(|i| {
+                if is_full_name(i) {
+                    i.clone()
+                } else {
+                    format!("{}/{i}:{version}", self.kube_image_repository)
+                }
+            })
+            .collect()
+    }
+
     /// The Debian packages of its `deb:` images, each once, in profile order. They are
     /// pinned in the lock beside the root's packages but not installed in the root.
     pub fn image_packages(&self) -> Vec<String> {
@@ -178,6 +209,8 @@ impl ImageProfile {
             images: Vec::new(),
             kube_binaries: Vec::new(),
             kube_release_url: crate::kube::DEFAULT_RELEASE_URL.into(),
+            kube_images: Vec::new(),
+            kube_image_repository: crate::kube::DEFAULT_IMAGE_REPOSITORY.into(),
         };
         let mut packages: Vec<String> = Vec::new();
         for (_, path, f) in chain {
@@ -292,6 +325,40 @@ impl ImageProfile {
                     }
                     if !p.kube_binaries.contains(&b) {
                         p.kube_binaries.push(b);
+                    }
+                }
+                if let Some(r) = k.image_repository {
+                    let ok = crate::oci::Reference::tagged(&format!("{r}/x:1")).is_ok();
+                    if !ok {
+                        return Err(ProfileError::Invalid {
+                            path: path.clone(),
+                            field: "kubernetes.image_repository".into(),
+                            reason: format!(
+                                "{r:?} is not REGISTRY[/PATH] (a host with a dot or a port)"
+                            ),
+                        });
+                    }
+                    p.kube_image_repository = r;
+                }
+                for (i, img) in k.images.into_iter().enumerate() {
+                    let ok = if is_full_name(&img) {
+                        crate::oci::name_tag(&img).is_some()
+                            && crate::oci::Reference::tagged(&img).is_ok()
+                    } else {
+                        crate::oci::is_repository_component(&img)
+                    };
+                    if !ok {
+                        return Err(ProfileError::Invalid {
+                            path: path.clone(),
+                            field: format!("kubernetes.images[{i}]"),
+                            reason: format!(
+                                "{img:?} is neither an image of the release (kube-apiserver) \
+                                 nor REGISTRY/REPOSITORY:TAG"
+                            ),
+                        });
+                    }
+                    if !p.kube_images.contains(&img) {
+                        p.kube_images.push(img);
                     }
                 }
             }

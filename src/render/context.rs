@@ -107,7 +107,6 @@ impl<'a> Context<'a> {
     pub fn new(cluster: &'a Cluster, pki: &Pki, node: &'a Node) -> Context<'a> {
         let net = &cluster.network;
         let cps: Vec<&Node> = cluster.control_plane_nodes().collect();
-        let repo = &cluster.images.repository;
         let v = &cluster.kubernetes.tag;
         let local_api = format!("https://{}:{}", node.ip, cluster.control_plane.port);
         let is_cp = node.role == Role::ControlPlane;
@@ -121,9 +120,9 @@ impl<'a> Context<'a> {
             vrrp_router_id: cluster.control_plane.vrrp_router_id,
             run_workloads: cluster.control_plane.run_workloads,
             images: ImagesCtx {
-                apiserver: format!("{repo}/kube-apiserver:{v}"),
-                controller_manager: format!("{repo}/kube-controller-manager:{v}"),
-                scheduler: format!("{repo}/kube-scheduler:{v}"),
+                apiserver: cluster.images.component("kube-apiserver", v),
+                controller_manager: cluster.images.component("kube-controller-manager", v),
+                scheduler: cluster.images.component("kube-scheduler", v),
                 etcd: cluster.images.etcd.clone(),
                 pause: cluster.images.pause(),
             },

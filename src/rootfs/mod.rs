@@ -57,6 +57,9 @@ pub enum RootfsError {
     Depmod(String),
     #[error(transparent)]
     Kube(#[from] crate::kube::KubeError),
+    /// Boxed: the largest error by far, and rare.
+    #[error(transparent)]
+    Oci(Box<crate::oci::OciError>),
 }
 
 /// Where a build finds and keeps things.
@@ -202,16 +205,18 @@ pub fn refresh_lock(profiles: &[String], opts: &Options) -> Result<Lock, RootfsE
 }
 
 /// `slipway lock --kubernetes VERSION`: pins the profiles' Kubernetes binaries at each
-/// version (their published SHA-512) into the lock.
+/// version (their published SHA-512) and their `[kubernetes] images` (each tag's digest
+/// in its registry now) into the lock.
 pub fn lock_kubernetes(
     versions: &[String],
     profiles: &[String],
     opts: &Options,
 ) -> Result<Lock, RootfsError> {
     let cache = Cache::new(&opts.cache);
+    let client = crate::oci::Client::new(&cache);
     let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
     for version in versions {
-        let mut pins = BTreeMap::new();
+        let mut pins = crate::kube::LockedRelease::default();
         for name in profiles {
             let p = ImageProfile::load(&opts.data.root, name)?;
             let source = crate::kube::Source {
@@ -222,15 +227,23 @@ pub fn lock_kubernetes(
             let missing: Vec<String> = p
                 .kube_binaries
                 .iter()
-                .filter(|b| !pins.contains_key(*b))
+                .filter(|b| !pins.binaries.contains_key(*b))
                 .cloned()
                 .collect();
-            pins.extend(crate::kube::pin(
+            pins.binaries.extend(crate::kube::pin(
                 &source,
                 version,
                 &p.architecture,
                 &missing,
             )?);
+            for image in p.kube_image_names(version) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = pins.images.entry(image) {
+                    let r = client
+                        .resolve(slot.key())
+                        .map_err(|e| RootfsError::Oci(Box::new(e)))?;
+                    slot.insert(format!("sha256:{}", r.sha256));
+                }
+            }
         }
         lock.kubernetes.insert(version.clone(), pins);
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod http;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -146,6 +147,22 @@ pub fn offline_options() -> slipway::rootfs::Options {
         source_date_epoch: 1_764_000_000,
         kube_artifacts: None,
     }
+}
+
+/// A directory for the one build of the example a test binary shares among its tests
+/// (held in a static, which is never dropped, so a `TempDir` there would leak several GiB
+/// per run): `target/test-shared-build/`, emptied first. Test binaries run one after
+/// another, so a run leaves at most one such build behind.
+pub fn shared_build_dir() -> PathBuf {
+    let d = repo().join("target/test-shared-build");
+    match std::fs::remove_dir_all(&d) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            panic!("emptying {}: {e}", d.display())
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 /// The statically linked slipway-init `make init` builds (`$SLIPWAY_INIT`).
