@@ -50,16 +50,7 @@ fn site(tmp: &Path, versions: &[&str]) -> Site {
         let (_, amd64, _) = l.images.iter().find(|i| i.0 == "amd64").unwrap();
         pushed.insert(format!("{host}/{n}"), (l.index.clone(), amd64.clone()));
     }
-    let data = tmp.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for d in ["profiles", "overlays"] {
-        common::check(
-            Command::new("cp")
-                .arg("-a")
-                .arg(common::repo().join(d))
-                .arg(&data),
-        );
-    }
+    let data = common::data_copy(tmp);
     let base = data.join("profiles/base.toml");
     let text = std::fs::read_to_string(&base).unwrap();
     let images = text.find("images = [").unwrap();

@@ -373,16 +373,7 @@ fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
     push(&reg, &l, "test/hello", tmp.path());
     // A data directory: the project's profiles and overlays, plus images for the
     // control-plane role.
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for d in ["profiles", "overlays"] {
-        common::check(
-            Command::new("cp")
-                .arg("-a")
-                .arg(common::repo().join(d))
-                .arg(&data),
-        );
-    }
+    let data = common::data_copy(tmp.path());
     std::fs::create_dir_all(data.join("tools/usr/bin")).unwrap();
     std::fs::write(data.join("tools/usr/bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
     let cp = data.join("profiles/control-plane.toml");

@@ -377,17 +377,22 @@ impl<'a> Client<'a> {
         } else {
             let _: ImageManifest = parse(&r, "the manifest", &value)?;
         }
-        let path = self.cache.blob_path(&sha);
-        let dir = path.parent().unwrap_or(&path);
-        std::fs::create_dir_all(dir)
-            .and_then(|()| crate::fsutil::write_atomic(&path, &bytes, 0o644))
-            .map_err(|e| OciError::Invalid {
-                reference: r.to_string(),
-                what: format!("caching the manifest at {}", path.display()),
-                reason: e.to_string(),
-            })?;
+        self.keep(&r, &sha, &bytes, "the manifest")?;
         r.sha256 = sha;
         Ok(r)
+    }
+
+    /// Keeps a manifest or index whose digest `sha` was checked in the cache.
+    fn keep(&self, r: &Reference, sha: &str, bytes: &[u8], what: &str) -> Result<(), OciError> {
+        let path = self.cache.blob_path(sha);
+        let dir = path.parent().unwrap_or(&path);
+        std::fs::create_dir_all(dir)
+            .and_then(|()| crate::fsutil::write_atomic(&path, bytes, 0o644))
+            .map_err(|e| OciError::Invalid {
+                reference: r.to_string(),
+                what: format!("caching {what} at {}", path.display()),
+                reason: e.to_string(),
+            })
     }
 
     fn cached(&self, r: &Reference, w: &Want) -> Result<Option<PathBuf>, OciError> {
@@ -421,14 +426,7 @@ impl<'a> Client<'a> {
                         got,
                     });
                 }
-                let dir = path.parent().unwrap_or(&path);
-                std::fs::create_dir_all(dir)
-                    .and_then(|()| crate::fsutil::write_atomic(&path, &b, 0o644))
-                    .map_err(|e| OciError::Invalid {
-                        reference: r.to_string(),
-                        what: format!("caching {what} at {}", path.display()),
-                        reason: e.to_string(),
-                    })?;
+                self.keep(r, sha, &b, what)?;
                 b
             }
         };

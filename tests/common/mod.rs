@@ -149,6 +149,16 @@ pub fn offline_options() -> slipway::rootfs::Options {
     }
 }
 
+/// `dir/data`: a copy of the project's profiles and overlays, for a test to change.
+pub fn data_copy(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for d in ["profiles", "overlays"] {
+        check(Command::new("cp").arg("-a").arg(repo().join(d)).arg(&data));
+    }
+    data
+}
+
 /// A directory for the one build of the example a test binary shares among its tests
 /// (held in a static, which is never dropped, so a `TempDir` there would leak several GiB
 /// per run): `target/test-shared-build/`, emptied first. Test binaries run one after
