@@ -58,6 +58,10 @@ enum Cmd {
     Fetch {
         /// Profiles to fetch [default: base, control-plane, worker]
         profiles: Vec<String>,
+        /// Also fetch what slipway.lock pins at VERSION of Kubernetes for them (binaries and
+        /// images), so that a build needs no network
+        #[arg(long, value_name = "VERSION")]
+        kubernetes: Vec<String>,
         #[command(flatten)]
         debian: DebianArgs,
     },
@@ -342,11 +346,16 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Fetch { profiles, debian } => {
+        Cmd::Fetch {
+            profiles,
+            kubernetes,
+            debian,
+        } => {
             let opts = debian.options(&data);
-            for p in default_profiles(profiles) {
+            let profiles = default_profiles(profiles);
+            for p in &profiles {
                 let (locked, updated) =
-                    slipway::rootfs::fetch(&p, &opts).with_context(|| format!("fetching {p}"))?;
+                    slipway::rootfs::fetch(p, &opts).with_context(|| format!("fetching {p}"))?;
                 let bytes: u64 = locked
                     .packages
                     .iter()
@@ -364,6 +373,13 @@ fn run(cli: Cli) -> Result<()> {
                     opts.cache.display(),
                     if updated { " (lock updated)" } else { "" }
                 );
+            }
+            if !kubernetes.is_empty() {
+                let fetched = slipway::rootfs::fetch_kubernetes(&kubernetes, &profiles, &opts)
+                    .context("fetching the Kubernetes binaries and images")?;
+                for f in fetched {
+                    println!("kubernetes: {f} in {}", opts.cache.display());
+                }
             }
         }
         Cmd::Pull { images, cache } => {

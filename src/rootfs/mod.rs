@@ -251,6 +251,62 @@ pub fn lock_kubernetes(
     Ok(lock)
 }
 
+/// `slipway fetch --kubernetes VERSION`: everything slipway.lock pins at each version for
+/// the profiles (release binaries, images) into the cache, verified, so that builds need
+/// no network. Returns what was fetched or found cached, one line each.
+pub fn fetch_kubernetes(
+    versions: &[String],
+    profiles: &[String],
+    opts: &Options,
+) -> Result<Vec<String>, RootfsError> {
+    let cache = Cache::new(&opts.cache);
+    let client = crate::oci::Client::new(&cache);
+    let lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
+    let unpinned = |what: &str, version: &str| {
+        RootfsError::Lock(format!(
+            "{}: {what} is not pinned at {version}; run `slipway lock --kubernetes {version}`",
+            opts.lock_path.display()
+        ))
+    };
+    let mut done: Vec<String> = Vec::new();
+    for version in versions {
+        let pins = lock
+            .kubernetes
+            .get(version)
+            .ok_or_else(|| unpinned("Kubernetes", version))?;
+        for name in profiles {
+            let p = ImageProfile::load(&opts.data.root, name)?;
+            let source = crate::kube::Source {
+                release_url: &p.kube_release_url,
+                artifacts: opts.kube_artifacts.as_deref(),
+                agent: &cache.agent,
+            };
+            for b in &p.kube_binaries {
+                let line = format!("{b} {version}");
+                if done.contains(&line) {
+                    continue;
+                }
+                let pin = pins.binaries.get(b).ok_or_else(|| unpinned(b, version))?;
+                crate::kube::fetch(&source, &opts.cache, version, &p.architecture, b, pin)?;
+                done.push(line);
+            }
+            for image in p.kube_image_names(version) {
+                let pinned = pins
+                    .image(&image)
+                    .ok_or_else(|| unpinned(&image, version))?;
+                if done.contains(&pinned) {
+                    continue;
+                }
+                let oci = |e| RootfsError::Oci(Box::new(e));
+                let r: crate::oci::Reference = pinned.parse().map_err(oci)?;
+                client.pull(&r).map_err(oci)?;
+                done.push(pinned);
+            }
+        }
+    }
+    Ok(done)
+}
+
 fn save_lock(lock: &Lock, path: &Path) -> Result<(), RootfsError> {
     let text = lock.to_text().map_err(RootfsError::Lock)?;
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
