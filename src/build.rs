@@ -491,11 +491,11 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     let mut kube = Vec::new();
     let mut kube_missing = Vec::new();
     let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
-    let source = crate::kube::Source {
-        release_url: &r.profile.kube_release_url,
-        artifacts: ctx.opts.rootfs.kube_artifacts.as_deref(),
-        agent: &cache.agent,
-    };
+    let source = crate::kube::Source::of(
+        &r.profile,
+        ctx.opts.rootfs.kube_artifacts.as_deref(),
+        &cache.agent,
+    );
     for b in &r.profile.kube_binaries {
         let Some(pin) = ctx.kube_pins.and_then(|p| p.binaries.get(b)) else {
             kube_missing.push(b.clone());

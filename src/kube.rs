@@ -82,7 +82,20 @@ fn rel_path(version: &str, arch: &str, name: &str) -> String {
     format!("{version}/bin/linux/{arch}/{name}")
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// Where `profile`'s binaries come from: its release server, or `artifacts`.
+    pub fn of(
+        profile: &'a crate::profile::image::ImageProfile,
+        artifacts: Option<&'a Path>,
+        agent: &'a ureq::Agent,
+    ) -> Source<'a> {
+        Source {
+            release_url: &profile.kube_release_url,
+            artifacts,
+            agent,
+        }
+    }
+
     /// The bytes of `rel` (below the release root) and where they came from.
     fn read(&self, rel: &str) -> Result<(Vec<u8>, String), KubeError> {
         match self.artifacts {

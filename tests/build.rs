@@ -646,11 +646,8 @@ fn a_dynamic_or_missing_init_is_refused_and_the_output_kept() {
         (tmp.path().join("nope"), "make init"),
     ] {
         let opts = slipway::build::BuildOptions {
-            rootfs: common::offline_options(),
-            secrets_dir: tmp.path().join("secrets"),
             init: init.clone(),
-            qcow2: false,
-            progress: false,
+            ..common::build_options(common::offline_options(), &tmp.path().join("secrets"))
         };
         let e = slipway::build::build(&common::example(), &opts, &out).unwrap_err();
         let msg = format!("{e:#}");
@@ -751,13 +748,7 @@ fn an_etcd_image_the_profile_does_not_bake_is_refused() {
     let out = tmp.path().join("out");
     std::fs::create_dir_all(out.join("images")).unwrap();
     std::fs::write(out.join("images/control-plane.raw"), b"previous").unwrap();
-    let opts = slipway::build::BuildOptions {
-        rootfs: common::offline_options(),
-        secrets_dir: tmp.path().join("secrets"),
-        init: common::init_binary(),
-        qcow2: false,
-        progress: false,
-    };
+    let opts = common::build_options(common::offline_options(), &tmp.path().join("secrets"));
     let e = format!(
         "{:#}",
         slipway::build::build(&cluster, &opts, &out).unwrap_err()

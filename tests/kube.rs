@@ -194,13 +194,7 @@ fn pinned_binaries_and_images_are_installed_and_other_bytes_refused() {
 
     // The example at v1.34.2, offline: both binaries in both roles, byte for byte, 0755;
     // the add-ons' images in both roles, the release's in the control plane's.
-    let opts = slipway::build::BuildOptions {
-        rootfs,
-        secrets_dir: tmp.path().join("secrets"),
-        init: common::init_binary(),
-        qcow2: false,
-        progress: false,
-    };
+    let opts = common::build_options(rootfs, &tmp.path().join("secrets"));
     let out = tmp.path().join("out");
     let m = slipway::build::build(&site.cluster, &opts, &out).unwrap();
     assert_eq!(m.kubernetes.version, "v1.34.2");

@@ -385,13 +385,7 @@ fn profile_images_from_a_registry_and_a_directory_are_baked_in() {
     std::fs::write(&cp, text).unwrap();
     let mut rootfs = common::offline_options();
     rootfs.data = slipway::profile::DataDir::new(&data);
-    let opts = slipway::build::BuildOptions {
-        rootfs,
-        secrets_dir: tmp.path().join("secrets"),
-        init: common::init_binary(),
-        qcow2: false,
-        progress: false,
-    };
+    let opts = common::build_options(rootfs, &tmp.path().join("secrets"));
     let out = tmp.path().join("out");
     let m = slipway::build::build(&common::example(), &opts, &out).unwrap();
     let find = |n: &str| m.images.iter().find(|i| i.name == n).unwrap();

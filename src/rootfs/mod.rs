@@ -219,11 +219,7 @@ pub fn lock_kubernetes(
         let mut pins = crate::kube::LockedRelease::default();
         for name in profiles {
             let p = ImageProfile::load(&opts.data.root, name)?;
-            let source = crate::kube::Source {
-                release_url: &p.kube_release_url,
-                artifacts: opts.kube_artifacts.as_deref(),
-                agent: &cache.agent,
-            };
+            let source = crate::kube::Source::of(&p, opts.kube_artifacts.as_deref(), &cache.agent);
             let missing: Vec<String> = p
                 .kube_binaries
                 .iter()
@@ -276,11 +272,7 @@ pub fn fetch_kubernetes(
             .ok_or_else(|| unpinned("Kubernetes", version))?;
         for name in profiles {
             let p = ImageProfile::load(&opts.data.root, name)?;
-            let source = crate::kube::Source {
-                release_url: &p.kube_release_url,
-                artifacts: opts.kube_artifacts.as_deref(),
-                agent: &cache.agent,
-            };
+            let source = crate::kube::Source::of(&p, opts.kube_artifacts.as_deref(), &cache.agent);
             for b in &p.kube_binaries {
                 let line = format!("{b} {version}");
                 if done.contains(&line) {

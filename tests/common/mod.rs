@@ -188,14 +188,26 @@ pub fn init_binary() -> PathBuf {
     p
 }
 
+/// Build options with `rootfs` (often [`offline_options`] changed a little), secrets in
+/// `secrets`, `make init`'s slipway-init, no qcow2, no progress display.
+pub fn build_options(
+    rootfs: slipway::rootfs::Options,
+    secrets: &Path,
+) -> slipway::build::BuildOptions {
+    slipway::build::BuildOptions {
+        rootfs,
+        secrets_dir: secrets.to_owned(),
+        init: init_binary(),
+        qcow2: false,
+        progress: false,
+    }
+}
+
 /// `slipway build` of `cluster` into `out` with secrets in `secrets`, offline.
 pub fn build(cluster: &Path, secrets: &Path, out: &Path, qcow2: bool) -> slipway::build::Manifest {
     let opts = slipway::build::BuildOptions {
-        rootfs: offline_options(),
-        secrets_dir: secrets.to_owned(),
-        init: init_binary(),
         qcow2,
-        progress: false,
+        ..build_options(offline_options(), secrets)
     };
     slipway::build::build(cluster, &opts, out).unwrap_or_else(|e| panic!("build: {e:#}"))
 }
