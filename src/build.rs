@@ -525,7 +525,7 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
     let mut archives: Vec<(crate::oci::archive::ImageArchive, String)> = ctx.baked.to_vec();
     for img in &r.profile.images {
         archives.retain(|(a, _)| a.name != img.name);
-        archives.push(profile_image(img, &r, ctx).map_err(image_err)?);
+        archives.push(profile_image(img, &r, ctx, &cache).map_err(image_err)?);
     }
     // The release's images (kube-apiserver, ...) and add-ons' (CoreDNS, the CNI's), where
     // slipway.lock pins them at the cluster's version.
@@ -536,7 +536,7 @@ fn build_role(role: Role, ctx: &RoleContext<'_>) -> Result<RoleBuilt, BuildError
             continue;
         };
         archives.retain(|(a, _)| a.name != *image);
-        archives.push(registry_image(image, &pinned, ctx).map_err(image_err)?);
+        archives.push(registry_image(image, &pinned, ctx, &cache).map_err(image_err)?);
     }
     if role == Role::ControlPlane {
         if !archives.iter().any(|(a, _)| a.name == ctx.etcd_image) {
@@ -673,6 +673,7 @@ fn profile_image(
     img: &crate::profile::image::ContainerImage,
     r: &rootfs::Rootfs,
     ctx: &RoleContext<'_>,
+    cache: &crate::debian::fetch::Cache,
 ) -> Result<(crate::oci::archive::ImageArchive, String), String> {
     use crate::profile::image::ImageSource;
     let entry: Vec<&str> = img.entrypoint.iter().map(String::as_str).collect();
@@ -711,7 +712,7 @@ fn profile_image(
             let a = crate::oci::archive::build_tree(&img.name, &tree, &entry, ctx.epoch)?;
             Ok((a, format!("deb:{}", pinned.join(","))))
         }
-        ImageSource::Registry(reference) => registry_image(&img.name, reference, ctx),
+        ImageSource::Registry(reference) => registry_image(&img.name, reference, ctx, cache),
         ImageSource::Dir { path: dir, written } => {
             use std::os::unix::fs::PermissionsExt;
             let mut files = Vec::new();
@@ -746,10 +747,10 @@ fn registry_image(
     name: &str,
     reference: &str,
     ctx: &RoleContext<'_>,
+    cache: &crate::debian::fetch::Cache,
 ) -> Result<(crate::oci::archive::ImageArchive, String), String> {
     let r: crate::oci::Reference = reference.parse().map_err(|e| format!("{e}"))?;
-    let cache = crate::debian::fetch::Cache::new(&ctx.opts.rootfs.cache);
-    let pulled = crate::oci::Client::new(&cache)
+    let pulled = crate::oci::Client::new(cache)
         .pull(&r)
         .map_err(|e| format!("image {name}: {e}"))?;
     let a = crate::oci::archive::from_pulled(name, &pulled, ctx.epoch)?;

@@ -404,11 +404,7 @@ fn run(cli: Cli) -> Result<()> {
             debian,
         } => {
             let opts = debian.options(&data);
-            let profiles = if profiles.is_empty() {
-                vec!["base".into(), "control-plane".into(), "worker".into()]
-            } else {
-                profiles
-            };
+            let profiles = default_profiles(profiles);
             let mut lock =
                 slipway::rootfs::refresh_lock(&profiles, &opts).context("refreshing the lock")?;
             if !kubernetes.is_empty() {
