@@ -54,10 +54,18 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
+# SLIPWAY_TEST_KUBERNETES=1 (a site that reaches dl.k8s.io, or has SLIPWAY_KUBE_ARTIFACTS=DIR,
+# and reaches the images' registries): the test lock also pins the example's Kubernetes
+# release (kubelet, kubectl, the control-plane and add-on images), so the example's images
+# carry them and the multi-node test goes on to kubelet registration and kubectl through
+# the VIP. Unset, that part of the test is skipped and says so.
+KUBERNETES_VERSION := $(shell sed -n 's/^kubernetes_version *= *"\(.*\)"/\1/p' examples/homelab/cluster.toml)
+KUBE_LOCK := $(if $(SLIPWAY_TEST_KUBERNETES),--kubernetes $(KUBERNETES_VERSION))
+
 test-fixtures: build
 	mkdir -p $(dir $(SLIPWAY_TEST_LOCK))
-	target/release/slipway lock --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane worker
-	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) control-plane worker
+	target/release/slipway lock --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) $(KUBE_LOCK) control-plane worker
+	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) $(KUBE_LOCK) control-plane worker
 
 # Benchmarks first (built and smoke-run only), so the run ends with the test summary.
 # --show-output: the measurements tests print (boot and failover times, each image

@@ -20,6 +20,9 @@ fn quote(s: &str) -> String {
 
 /// Memory and vCPUs per node VM: four at once share this machine's two cores under TCG.
 const MEMORY_MIB: u32 = 768;
+/// A control-plane node whose image carries Kubernetes runs kube-apiserver, the
+/// controller manager, the scheduler and etcd under kubelet as well.
+const CONTROL_PLANE_KUBE_MEMORY_MIB: u32 = 1536;
 const CPUS: u32 = 1;
 
 pub struct Node {
@@ -40,6 +43,10 @@ pub struct TestCluster {
     pub nodes: Vec<Node>,
     /// The container images the build baked in.
     pub images: Vec<slipway::build::BakedImage>,
+    /// The images carry everything of Kubernetes the profiles name (kubelet, kubectl,
+    /// the control plane's images): the test lock pins the example's release
+    /// (`make test SLIPWAY_TEST_KUBERNETES=1`). Otherwise kubelet is absent.
+    pub kubernetes: bool,
 }
 
 impl TestCluster {
@@ -74,6 +81,7 @@ impl TestCluster {
         TestCluster {
             lan: Lan::new(HOST_CIDR),
             vip: model.control_plane.vip.to_string(),
+            kubernetes: manifest.kubernetes.missing.is_empty(),
             images: manifest.images,
             dir,
             key,
@@ -124,7 +132,13 @@ impl TestCluster {
     /// NAME-serial.log for the first boot, NAME-KINDn-serial.log after.
     fn start_vm(&mut self, name: &str, kind: &str, nic: Vec<String>) -> Vm {
         let (ns, dir) = (self.lan.ns.clone(), self.dir.clone());
+        let kubernetes = self.kubernetes;
         let node = self.node_mut(name);
+        let memory_mib = if kubernetes && node.control_plane {
+            CONTROL_PLANE_KUBE_MEMORY_MIB
+        } else {
+            MEMORY_MIB
+        };
         node.boots += 1;
         let label = match node.boots {
             1 => name.to_string(),
@@ -134,7 +148,7 @@ impl TestCluster {
             VmConfig {
                 name: &label,
                 disk: &node.disk,
-                memory_mib: MEMORY_MIB,
+                memory_mib,
                 cpus: CPUS,
                 extra: nic,
                 netns: Some(&ns),
@@ -159,6 +173,42 @@ impl TestCluster {
         let answered = watch.answered_after(at, Duration::from_secs(60));
         self.wait_vip_on(next, Duration::from_secs(3), Duration::from_secs(60));
         answered
+    }
+
+    /// `kubectl ARGS` on control-plane node `on` as the cluster's admin (its
+    /// /etc/kubernetes/admin.conf), through the VIP whoever holds it.
+    pub fn kubectl(&self, on: &str, args: &str) -> (i32, String) {
+        self.ssh(
+            on,
+            &format!(
+                "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://{}:6443 --request-timeout=10s {args} 2>&1",
+                self.vip
+            ),
+        )
+    }
+
+    /// Waits until `kubectl get nodes` on `on`, through the VIP, lists exactly the
+    /// cluster's nodes; returns the wait.
+    pub fn wait_nodes_listed(&self, on: &str, timeout: Duration) -> Duration {
+        let mut want: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        want.sort();
+        let start = Instant::now();
+        loop {
+            let (code, out) = self.kubectl(on, "get nodes -o name");
+            let mut got: Vec<&str> = out
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("node/"))
+                .collect();
+            got.sort();
+            if code == 0 && got == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "kubectl get nodes through the VIP on {on} after {timeout:?}: exit {code}: {out}"
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
     }
 
     /// Runs `command` on `name` as the admin user over SSH from the segment.
