@@ -405,19 +405,15 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let opts = debian.options(&data);
             let profiles = default_profiles(profiles);
-            let mut lock =
-                slipway::rootfs::refresh_lock(&profiles, &opts).context("refreshing the lock")?;
-            if !kubernetes.is_empty() {
-                lock = slipway::rootfs::lock_kubernetes(&kubernetes, &profiles, &opts)
-                    .context("pinning the Kubernetes binaries and images")?;
-                for v in &kubernetes {
-                    let pins = &lock.kubernetes[v];
-                    for (name, b) in &pins.binaries {
-                        println!("kubernetes {v}: {name} sha512:{}", &b.sha512[..16]);
-                    }
-                    for (name, digest) in &pins.images {
-                        println!("kubernetes {v}: {name}@{digest}");
-                    }
+            let lock = slipway::rootfs::refresh_lock(&profiles, &kubernetes, &opts)
+                .context("refreshing the lock")?;
+            for v in &kubernetes {
+                let pins = &lock.kubernetes[v];
+                for (name, b) in &pins.binaries {
+                    println!("kubernetes {v}: {name} sha512:{}", &b.sha512[..16]);
+                }
+                for (name, digest) in &pins.images {
+                    println!("kubernetes {v}: {name}@{digest}");
                 }
             }
             for (name, p) in &lock.profiles {

@@ -143,6 +143,18 @@ fn pinned_binaries_and_images_are_installed_and_other_bytes_refused() {
     rootfs.lock_path = lock.clone();
     rootfs.kube_artifacts = Some(release.clone());
     let profiles = ["base", "control-plane", "worker"].map(String::from);
+    // `slipway lock --kubernetes` pins the release first and then resolves the packages:
+    // with the mirror unreachable the second half fails, and the lock is written only
+    // when all of it succeeded, so it stays as it was.
+    let before = std::fs::read(&lock).unwrap();
+    let e = slipway::rootfs::refresh_lock(&profiles, &["v1.34.2".into()], &rootfs)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("127.0.0.1:9"), "{e}");
+    assert!(
+        std::fs::read(&lock).unwrap() == before,
+        "a refused lock was written"
+    );
     let l =
         slipway::rootfs::lock_kubernetes(&["v1.34.2".into(), "v1.34.3".into()], &profiles, &rootfs)
             .unwrap();

@@ -191,10 +191,18 @@ pub fn resolve_profile(
     })
 }
 
-/// `slipway lock`: re-resolves the named profiles and writes the lock.
-pub fn refresh_lock(profiles: &[String], opts: &Options) -> Result<Lock, RootfsError> {
+/// `slipway lock [--kubernetes VERSION]`: resolves each profile's packages against its
+/// mirror and, for each VERSION, pins the profiles' Kubernetes binaries and images
+/// ([`lock_kubernetes`]); the lock is written once, when all of it succeeded, so a
+/// refusal anywhere leaves the previous lock as it was.
+pub fn refresh_lock(
+    profiles: &[String],
+    kubernetes: &[String],
+    opts: &Options,
+) -> Result<Lock, RootfsError> {
     let cache = Cache::new(&opts.cache);
     let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
+    pin_kubernetes(&mut lock, kubernetes, profiles, opts, &cache)?;
     for name in profiles {
         let p = ImageProfile::load(&opts.data.root, name)?;
         let entry = resolve_profile(&p, opts, &cache)?;
@@ -204,17 +212,29 @@ pub fn refresh_lock(profiles: &[String], opts: &Options) -> Result<Lock, RootfsE
     Ok(lock)
 }
 
-/// `slipway lock --kubernetes VERSION`: pins the profiles' Kubernetes binaries at each
-/// version (their published SHA-512) and their `[kubernetes] images` (each tag's digest
-/// in its registry now) into the lock.
+/// `slipway lock --kubernetes VERSION` without refreshing the packages: pins the
+/// profiles' Kubernetes binaries at each version (their published SHA-512) and their
+/// `[kubernetes] images` (each tag's digest in its registry now) into the lock.
 pub fn lock_kubernetes(
     versions: &[String],
     profiles: &[String],
     opts: &Options,
 ) -> Result<Lock, RootfsError> {
     let cache = Cache::new(&opts.cache);
-    let client = crate::oci::Client::new(&cache);
     let mut lock = Lock::load(&opts.lock_path).map_err(RootfsError::Lock)?;
+    pin_kubernetes(&mut lock, versions, profiles, opts, &cache)?;
+    save_lock(&lock, &opts.lock_path)?;
+    Ok(lock)
+}
+
+fn pin_kubernetes(
+    lock: &mut Lock,
+    versions: &[String],
+    profiles: &[String],
+    opts: &Options,
+    cache: &Cache,
+) -> Result<(), RootfsError> {
+    let client = crate::oci::Client::new(cache);
     for version in versions {
         let mut pins = crate::kube::LockedRelease::default();
         for name in profiles {
@@ -243,8 +263,7 @@ pub fn lock_kubernetes(
         }
         lock.kubernetes.insert(version.clone(), pins);
     }
-    save_lock(&lock, &opts.lock_path)?;
-    Ok(lock)
+    Ok(())
 }
 
 /// `slipway fetch --kubernetes VERSION`: everything slipway.lock pins at each version for
