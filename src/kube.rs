@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::debian::fetch::FetchError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 
@@ -117,17 +118,16 @@ impl<'a> Source<'a> {
                         "{reason} (offline? set {ARTIFACTS_ENV}=DIR to a copy of the release tree)"
                     ),
                 };
-                let mut resp = self
-                    .agent
-                    .get(&url)
-                    .call()
-                    .map_err(|e| unavailable(e.to_string()))?;
-                let bytes = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(1 << 30)
-                    .read_to_vec()
-                    .map_err(|e| unavailable(e.to_string()))?;
+                // Tried again after a network failure; a kubelet of ~80 MB may take
+                // minutes on a slow link.
+                let bytes = crate::debian::fetch::get_bytes(self.agent, &url, 1 << 30).map_err(
+                    |e| match e {
+                        FetchError::Http { reason, .. } | FetchError::Network { reason, .. } => {
+                            unavailable(reason)
+                        }
+                        other => unavailable(other.to_string()),
+                    },
+                )?;
                 Ok((bytes, url))
             }
         }
@@ -254,5 +254,83 @@ mod tests {
             "{e}"
         );
         assert!(!cache.join("sha512").join(&sum).exists());
+    }
+
+    /// A loopback release server: GET PATH answers `files[PATH]` (200) or 404; the
+    /// first connection is cut off without an answer, as a flaky link would.
+    fn release_server(files: BTreeMap<String, Vec<u8>>) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/release", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for (n, s) in l.incoming().flatten().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = r.read_line(&mut first);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = first.split(' ').nth(1).unwrap_or("");
+                let (status, body) = match files.get(path) {
+                    Some(b) => ("200 OK", b.clone()),
+                    None => ("404 Not Found", b"not found".to_vec()),
+                };
+                let mut s = s;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(&body);
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn pins_and_fetches_from_the_release_server_over_http() {
+        let kubelet = b"kubelet from the server".to_vec();
+        let sum = hex::encode(Sha512::digest(&kubelet));
+        let bin = "/release/v1.34.2/bin/linux/amd64";
+        let url = release_server(BTreeMap::from([
+            (format!("{bin}/kubelet"), kubelet.clone()),
+            // As published: the digest, two spaces and the file name.
+            (
+                format!("{bin}/kubelet.sha512"),
+                format!("{sum}  kubelet\n").into_bytes(),
+            ),
+        ]));
+        let agent = ureq::Agent::new_with_defaults();
+        let source = Source {
+            release_url: &url,
+            artifacts: None,
+            agent: &agent,
+        };
+        // The first connection is cut off: tried again.
+        let pins = pin(&source, "v1.34.2", "amd64", &["kubelet".into()]).unwrap();
+        let p = &pins["kubelet"];
+        assert_eq!(
+            (p.sha512.as_str(), p.url.as_str()),
+            (
+                sum.as_str(),
+                &*format!("{url}/v1.34.2/bin/linux/amd64/kubelet")
+            )
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let got = fetch(&source, tmp.path(), "v1.34.2", "amd64", "kubelet", p).unwrap();
+        assert_eq!(got, kubelet);
+        // A refusal is final and says where it asked and how to do without the server.
+        let e = pin(&source, "v1.35.0", "amd64", &["kubelet".into()]).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("{url}/v1.35.0/bin/linux/amd64/kubelet.sha512"))
+                && e.contains("404")
+                && e.contains(ARTIFACTS_ENV),
+            "{e}"
+        );
     }
 }

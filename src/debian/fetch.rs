@@ -95,16 +95,10 @@ impl Cache {
     /// GETs a small resource (InRelease) without caching it, trying again after a
     /// network failure as downloads do.
     pub fn get_text(&self, url: &str) -> Result<String, FetchError> {
-        retrying(|| self.get_text_once(url))
-    }
-
-    fn get_text_once(&self, url: &str) -> Result<String, FetchError> {
-        let mut resp = self.agent.get(url).call().map_err(|e| classify(url, e))?;
-        resp.body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| classify(url, e))
+        String::from_utf8(get_bytes(&self.agent, url, 64 << 20)?).map_err(|_| FetchError::Http {
+            url: url.to_string(),
+            reason: "not UTF-8 text".into(),
+        })
     }
 
     /// Makes sure every blob is cached and verified, downloading what is missing with a
@@ -265,6 +259,31 @@ impl Cache {
     }
 }
 
+/// How long a response body read in one piece may take (a release binary of ~100 MB
+/// cannot be resumed): the agent's own limit suits downloads that resume.
+const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// GETs `url` into memory, at most `limit` bytes, for what has no size or SHA-256 to
+/// resume and check by (an index, a release binary its caller checks against a pin):
+/// tried again from the start after a network failure, like a download; a refusal, or a
+/// body over `limit`, is final.
+pub fn get_bytes(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+    retrying(|| {
+        let mut resp = agent
+            .get(url)
+            .config()
+            .timeout_recv_body(Some(WHOLE_BODY_TIMEOUT))
+            .build()
+            .call()
+            .map_err(|e| classify(url, e))?;
+        resp.body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| classify(url, e))
+    })
+}
+
 /// Runs `fetch` again after a network failure (a name lookup, a connection or a
 /// transfer cut off: what a mirror or a home network does now and then), up to
 /// [`ATTEMPTS`] times with a growing pause. A refusal or a wrong size or hash is final.
@@ -281,10 +300,11 @@ fn retrying<T>(mut fetch: impl FnMut() -> Result<T, FetchError>) -> Result<T, Fe
     }
 }
 
-/// A refusal by status (404, 403, ...) is final; anything else is the network's doing.
+/// A refusal by status (404, 403, ...) or a body over its limit is final; anything else
+/// is the network's doing.
 fn classify(url: &str, e: ureq::Error) -> FetchError {
     match e {
-        ureq::Error::StatusCode(_) => FetchError::Http {
+        ureq::Error::StatusCode(_) | ureq::Error::BodyExceedsLimit(_) => FetchError::Http {
             url: url.to_string(),
             reason: e.to_string(),
         },
@@ -401,5 +421,21 @@ mod tests {
             "{e}"
         );
         assert_eq!(*count.lock().unwrap(), ATTEMPTS as usize);
+    }
+
+    #[test]
+    fn a_whole_body_get_is_tried_again_and_a_body_over_its_limit_is_final() {
+        let agent = Cache::new(Path::new("/nonexistent")).agent;
+        let (url, count) = flaky(2, b"release binary");
+        assert_eq!(get_bytes(&agent, &url, 1 << 20).unwrap(), b"release binary");
+        assert_eq!(*count.lock().unwrap(), 3, "two failures, then the body");
+
+        let (url, count) = flaky(0, b"release binary");
+        let e = get_bytes(&agent, &url, 4).unwrap_err();
+        assert!(
+            matches!(e, FetchError::Http { .. }) && e.to_string().contains(&url),
+            "{e}"
+        );
+        assert_eq!(*count.lock().unwrap(), 1, "not tried again");
     }
 }
