@@ -58,12 +58,14 @@ lint: deps
 # and reaches the images' registries): the test lock also pins the example's Kubernetes
 # release (kubelet, kubectl, the control-plane and add-on images), so the example's images
 # carry them and the multi-node test goes on to kubelet registration and kubectl through
-# the VIP. Unset, that part of the test is skipped and says so.
-KUBERNETES_VERSION := $(shell sed -n 's/^kubernetes_version *= *"\(.*\)"/\1/p' examples/homelab/cluster.toml)
-KUBE_LOCK := $(if $(SLIPWAY_TEST_KUBERNETES),--kubernetes $(KUBERNETES_VERSION))
+# the VIP. Otherwise that part of the test is skipped and says so. The test lock is made
+# anew each time, so pins from an earlier run with it do not linger.
+KUBERNETES_VERSION := $(shell sed -n 's/^kubernetes_version *= *"\([^"]*\)".*/\1/p' examples/homelab/cluster.toml)
+KUBE_LOCK := $(if $(filter 1,$(SLIPWAY_TEST_KUBERNETES)),--kubernetes $(KUBERNETES_VERSION))
 
 test-fixtures: build
 	mkdir -p $(dir $(SLIPWAY_TEST_LOCK))
+	rm -f $(SLIPWAY_TEST_LOCK)
 	target/release/slipway lock --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) $(KUBE_LOCK) control-plane worker
 	target/release/slipway fetch --lock $(SLIPWAY_TEST_LOCK) --cache $(SLIPWAY_TEST_CACHE) $(KUBE_LOCK) control-plane worker
 

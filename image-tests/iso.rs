@@ -75,7 +75,7 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
     let disk = dir.join("master3.raw");
     std::fs::File::create(&disk)
         .unwrap()
-        .set_len(3 << 30)
+        .set_len(harness::disk_bytes(3 << 30))
         .unwrap();
     let mut vm = Vm::start(
         VmConfig {
@@ -162,7 +162,7 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
     let disk2 = dir.join("master3-usb.raw");
     std::fs::File::create(&disk2)
         .unwrap()
-        .set_len(3 << 30)
+        .set_len(harness::disk_bytes(3 << 30))
         .unwrap();
     let mut vm = Vm::start(
         VmConfig {

@@ -77,7 +77,7 @@ fn blank_machines_pxe_boot_install_their_disks_and_reboot_into_their_nodes() {
             let disk = dir.join(format!("{}.raw", m.name));
             std::fs::File::create(&disk)
                 .unwrap()
-                .set_len(3 << 30)
+                .set_len(harness::disk_bytes(3 << 30))
                 .unwrap();
             let nic = lan.pxe_nic(m.mac, m.rom, false);
             let vm = Vm::start(

@@ -10,7 +10,8 @@
 //! Debian's etcd-server: kept state brings master2's member back as it was; wiped state
 //! has etcd-rejoin.service remove the stale member through a healthy peer and add
 //! master2 afresh before its etcd starts, which then joins with the cluster's data.
-//! (Without kubelet in the image, issue 7, the test starts etcd's static pod itself.)
+//! (Without kubelet in the images, the test lock pinning no Kubernetes release, the test
+//! starts etcd's static pod itself; with it, kubelet does.)
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]

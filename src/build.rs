@@ -138,6 +138,13 @@ pub struct KubeSummary {
     pub missing: Vec<String>,
 }
 
+impl KubeSummary {
+    /// The images carry everything of Kubernetes their profiles name, kubelet among it.
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty() && self.binaries.iter().any(|b| b.name == "kubelet")
+    }
+}
+
 /// One Kubernetes binary, as installed at `/usr/bin/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KubeBinary {

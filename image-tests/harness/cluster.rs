@@ -21,8 +21,9 @@ fn quote(s: &str) -> String {
 /// Memory and vCPUs per node VM: four at once share this machine's two cores under TCG.
 const MEMORY_MIB: u32 = 768;
 /// A control-plane node whose image carries Kubernetes runs kube-apiserver, the
-/// controller manager, the scheduler and etcd under kubelet as well.
-const CONTROL_PLANE_KUBE_MEMORY_MIB: u32 = 1536;
+/// controller manager, the scheduler and etcd under kubelet as well (kubeadm asks for
+/// 2 GiB).
+const CONTROL_PLANE_KUBE_MEMORY_MIB: u32 = 2048;
 const CPUS: u32 = 1;
 
 pub struct Node {
@@ -81,7 +82,7 @@ impl TestCluster {
         TestCluster {
             lan: Lan::new(HOST_CIDR),
             vip: model.control_plane.vip.to_string(),
-            kubernetes: manifest.kubernetes.missing.is_empty(),
+            kubernetes: manifest.kubernetes.complete(),
             images: manifest.images,
             dir,
             key,
@@ -242,7 +243,7 @@ impl TestCluster {
     }
 
     /// Starts the static pod `pod` of control-plane node `name` as kubelet would, for
-    /// images without kubelet (the Kubernetes binaries are issue 7): the node's own
+    /// images without kubelet (slipway.lock pins no Kubernetes release): the node's own
     /// manifest (/etc/kubernetes/manifests/POD.yaml, as its first boot wrote it and
     /// etcd-rejoin.service may have changed it) is read as a Pod, and its container's
     /// command runs under containerd (`ctr run`, from the image baked into the node) with

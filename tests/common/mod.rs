@@ -136,6 +136,16 @@ pub fn fixture(var: &str) -> PathBuf {
 
 /// Build options that work offline from the fixtures: locked, and a mirror on a closed
 /// loopback port, so a missing package fails instead of reaching out.
+/// Whether the test lock pins the example's Kubernetes release (`make test
+/// SLIPWAY_TEST_KUBERNETES=1`): the example's images then carry kubelet, kubectl and the
+/// release and add-on images.
+#[allow(dead_code)]
+pub fn kubernetes_pinned() -> bool {
+    let (model, _) = slipway::cluster::Cluster::load(&example()).unwrap();
+    let lock = slipway::debian::lock::Lock::load(&fixture("SLIPWAY_TEST_LOCK")).unwrap();
+    lock.kubernetes.contains_key(&model.kubernetes.tag)
+}
+
 pub fn offline_options() -> slipway::rootfs::Options {
     slipway::rootfs::Options {
         data: data(),
