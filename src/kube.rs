@@ -256,61 +256,30 @@ mod tests {
         assert!(!cache.join("sha512").join(&sum).exists());
     }
 
-    /// A loopback release server: GET PATH answers `files[PATH]` (200) or 404; the
-    /// first connection is cut off without an answer, as a flaky link would.
-    fn release_server(files: BTreeMap<String, Vec<u8>>) -> String {
-        use std::io::{BufRead, BufReader, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/release", l.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for (n, s) in l.incoming().flatten().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                let _ = r.read_line(&mut first);
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let path = first.split(' ').nth(1).unwrap_or("");
-                let (status, body) = match files.get(path) {
-                    Some(b) => ("200 OK", b.clone()),
-                    None => ("404 Not Found", b"not found".to_vec()),
-                };
-                let mut s = s;
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(&body);
-            }
-        });
-        url
-    }
-
     #[test]
     fn pins_and_fetches_from_the_release_server_over_http() {
         let kubelet = b"kubelet from the server".to_vec();
         let sum = hex::encode(Sha512::digest(&kubelet));
         let bin = "/release/v1.34.2/bin/linux/amd64";
-        let url = release_server(BTreeMap::from([
-            (format!("{bin}/kubelet"), kubelet.clone()),
-            // As published: the digest, two spaces and the file name.
-            (
-                format!("{bin}/kubelet.sha512"),
-                format!("{sum}  kubelet\n").into_bytes(),
-            ),
-        ]));
+        // The first connection is cut off: tried again.
+        let (base, _) = crate::testserver::serve(
+            1,
+            BTreeMap::from([
+                (format!("{bin}/kubelet"), kubelet.clone()),
+                // As published: the digest, two spaces and the file name.
+                (
+                    format!("{bin}/kubelet.sha512"),
+                    format!("{sum}  kubelet\n").into_bytes(),
+                ),
+            ]),
+        );
+        let url = format!("{base}/release");
         let agent = ureq::Agent::new_with_defaults();
         let source = Source {
             release_url: &url,
             artifacts: None,
             agent: &agent,
         };
-        // The first connection is cut off: tried again.
         let pins = pin(&source, "v1.34.2", "amd64", &["kubelet".into()]).unwrap();
         let p = &pins["kubelet"];
         assert_eq!(

@@ -22,3 +22,5 @@ pub mod profile;
 pub mod pxe;
 pub mod render;
 pub mod rootfs;
+#[cfg(test)]
+mod testserver;

@@ -359,42 +359,12 @@ fn progress(total: u64, label: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::net::TcpListener;
 
-    /// A loopback server that cuts the first `fail` connections off and then serves
-    /// `body` to every GET. Returns its URL and a connection counter.
+    /// [`crate::testserver::serve`] of `body` at /blob: its URL and connection counter.
     fn flaky(fail: usize, body: &'static [u8]) -> (String, std::sync::Arc<Mutex<usize>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/blob", l.local_addr().unwrap());
-        let count = std::sync::Arc::new(Mutex::new(0));
-        let c = count.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let n = {
-                    let mut g = c.lock().unwrap();
-                    *g += 1;
-                    *g
-                };
-                if n <= fail {
-                    drop(s);
-                    continue;
-                }
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let mut s = s;
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(body);
-            }
-        });
-        (url, count)
+        let files = std::collections::BTreeMap::from([("/blob".to_string(), body.to_vec())]);
+        let (base, count) = crate::testserver::serve(fail, files);
+        (format!("{base}/blob"), count)
     }
 
     #[test]

@@ -134,8 +134,6 @@ pub fn fixture(var: &str) -> PathBuf {
     }
 }
 
-/// Build options that work offline from the fixtures: locked, and a mirror on a closed
-/// loopback port, so a missing package fails instead of reaching out.
 /// Whether the test lock pins the example's Kubernetes release (`make test
 /// SLIPWAY_TEST_KUBERNETES=1`): the example's images then carry kubelet, kubectl and the
 /// release and add-on images.
@@ -146,6 +144,8 @@ pub fn kubernetes_pinned() -> bool {
     lock.kubernetes.contains_key(&model.kubernetes.tag)
 }
 
+/// Build options that work offline from the fixtures: locked, and a mirror on a closed
+/// loopback port, so a missing package fails instead of reaching out.
 pub fn offline_options() -> slipway::rootfs::Options {
     slipway::rootfs::Options {
         data: data(),
