@@ -13,6 +13,8 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::Wait;
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test --benches` smoke run: this bench needs `make bench`.
@@ -37,9 +39,9 @@ fn main() {
             harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
             &dir,
         );
-        let init = vm.wait_for("slipway-init started", Duration::from_secs(300), true);
-        let first_boot = vm.wait_for("first boot done", Duration::from_secs(300), true);
-        let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
+        let init = vm.wait("slipway-init started", Duration::from_secs(300), true);
+        let first_boot = vm.wait("first boot done", Duration::from_secs(300), true);
+        let login = vm.wait("master1 login: ", Duration::from_secs(300), true);
         let (code, state) = harness::ssh(
             &key,
             port,
@@ -86,20 +88,18 @@ fn main() {
 /// segment sees when master1 and then master2 lose power, and master1's return to
 /// holding the VIP (power-on to preemption).
 fn cluster_run() -> serde_json::Value {
-    let mut c = harness::cluster::TestCluster::build("bench-cluster", 5 << 29);
-    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut c = harness::cluster::TestCluster::up("bench-cluster", &[]);
+    // (The machines were started as `up` returned.)
     let on = std::time::Instant::now();
-    for n in &names {
-        c.power_on(n);
-    }
+    let names: Vec<String> = c.names();
     let vip = c.wait_vip_on("master1", Duration::from_secs(5), Duration::from_secs(600));
-    assert_eq!(c.lan.probe(&c.vip.clone(), 6443), "open");
+    assert_eq!(c.probe(&c.vip.clone(), 6443), "open");
     let to_vip = vip.duration_since(on);
     let mut running = Vec::new();
     for n in &names {
         running.push(c.wait_running(n).as_secs_f64());
     }
-    let watch = harness::cluster::PingWatch::start(&c, &c.vip);
+    let watch = c.ping_watch(&c.vip.clone());
     std::thread::sleep(Duration::from_secs(2));
     let m1 = c.fail_over(&watch, "master1", "master2");
     let m2 = c.fail_over(&watch, "master2", "master3");
@@ -118,7 +118,9 @@ fn cluster_run() -> serde_json::Value {
         m2.as_secs_f64(),
         preempted.as_secs_f64()
     );
-    harness::passed(&c.dir);
+    let dir = c.dir.clone();
+    drop(c);
+    harness::passed(&dir);
     serde_json::json!({
         "accel": harness::accel(),
         "power_on_to_vip_seconds": to_vip.as_secs_f64(),

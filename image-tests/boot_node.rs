@@ -11,6 +11,8 @@
 mod common;
 mod harness;
 
+use harness::Wait;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -38,14 +40,23 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
         "master1",
         3 << 30,
     );
-    let mut vm = harness::boot("master1", &disk, vec![], &dir);
-    let handover = vm.wait_for("slipway-init", Duration::from_secs(120), true);
-    let switched = vm.wait_for(
+    // No entropy for the guest: no RNG device, and a CPU model without RDRAND (QEMU's
+    // default, many CI runners'). slipway-init seeds the kernel's pool from the node's
+    // config before the first boot's partition table needs it.
+    let no_entropy = |name: &str| {
+        let mut spec = harness::MachineSpec::new(name, &disk, &dir);
+        spec.rng = false;
+        spec.cpu = Some("qemu64".into());
+        spec
+    };
+    let mut vm = harness::start(&no_entropy("master1"), None, &dir);
+    let handover = vm.wait("slipway-init", Duration::from_secs(120), true);
+    let switched = vm.wait(
         "switching root to /sbin/init",
         Duration::from_secs(120),
         true,
     );
-    let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
+    let login = vm.wait("master1 login: ", Duration::from_secs(300), true);
     // Up to the login prompt. (This VM has no network device, so keepalived, which needs
     // its interface, and network-online wait; the networked assertions belong to the
     // multi-node test.)
@@ -63,6 +74,7 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
         "root partition /dev/vda2",
         "dm-verity device /dev/dm-0 opened",
         "root mounted read-only",
+        "the kernel's random pool was not initialized (no RNG device, no RDRAND): seeded from the node's config",
         "state partition /dev/vda6 created",
         "writable /etc, /opt, /home, /root and /var on the state partition",
         "Ignition config from /dev/vda1:/slipway/config.ign applied: 1 users",
@@ -84,8 +96,9 @@ fn master1_boots_through_verity_and_its_config_to_a_login_prompt() {
 
     // Second boot of the same disk: the state partition is found, first boot is not
     // run again.
-    let mut vm = harness::boot("master1-boot2", &disk, vec![], &dir);
-    let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
+    // Again without entropy: systemd-random-seed credits the seed it saved.
+    let mut vm = harness::start(&no_entropy("master1-boot2"), None, &dir);
+    let login = vm.wait("master1 login: ", Duration::from_secs(300), true);
     let console = vm.console();
     eprintln!(
         "master1 second boot: login prompt at {:.1} s",
@@ -121,16 +134,11 @@ fn an_unsupported_config_field_stops_the_boot_naming_it() {
         r#"{"ignition":{"version":"3.3.0"},"storage":{"filesystems":[{"device":"/dev/vdb","format":"ext4"}]}}"#,
     )
     .unwrap();
-    let mut vm = harness::boot(
-        "unsupported",
-        &disk,
-        vec![
-            "-fw_cfg".into(),
-            format!("name=opt/com.coreos/config,file={}", cfg.display()),
-        ],
-        &dir,
-    );
-    vm.wait_for(
+    let mut spec = harness::MachineSpec::new("unsupported", &disk, &dir);
+    spec.fw_cfg
+        .push(format!("name=opt/com.coreos/config,file={}", cfg.display()));
+    let mut vm = harness::start(&spec, None, &dir);
+    vm.wait(
         "FATAL: the boot stops here",
         Duration::from_secs(300),
         false,
@@ -167,7 +175,7 @@ fn a_flipped_root_byte_stops_the_boot() {
     f.write_all(&[byte ^ 0x40]).unwrap();
     drop(f);
     let mut vm = harness::boot("flipped", &disk, vec![], &dir);
-    vm.wait_for(
+    vm.wait(
         "FATAL: the boot stops here",
         Duration::from_secs(300),
         false,
@@ -212,7 +220,7 @@ fn master1_on_its_network_comes_up_running_with_its_services() {
         harness::isolated_nic("52:54:00:00:00:11", "192.168.1.11", port),
         &dir,
     );
-    let login = vm.wait_for("master1 login: ", Duration::from_secs(300), true);
+    let login = vm.wait("master1 login: ", Duration::from_secs(300), true);
     let run = |cmd: &str| harness::ssh(&key, port, "admin", cmd, Duration::from_secs(120));
     let (code, state) = run("sudo systemctl is-system-running --wait");
     let running = vm.elapsed();
@@ -324,7 +332,7 @@ fn one_role_image_picks_its_config_by_mac_from_a_bundle() {
         harness::isolated_nic("52:54:00:00:00:12", "192.168.1.12", harness::free_port()),
         &dir,
     );
-    let login = vm.wait_for("master2 login: ", Duration::from_secs(300), true);
+    let login = vm.wait("master2 login: ", Duration::from_secs(300), true);
     let console = vm.console();
     eprintln!(
         "role image with a MAC bundle: master2 login prompt at {:.1} s",

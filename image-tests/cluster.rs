@@ -8,7 +8,10 @@
 //! a key and a snapshot; then master1 and master2 lose power in turn and the VIP moves to
 //! master2 and master3; master2 back restores etcd's quorum with the key intact, and
 //! master1, back, takes the VIP again (keepalived's preemption, docs/cluster.md) and its
-//! etcd member rejoins. Each step prints its wall time.
+//! etcd member rejoins. Then the commands users run in their CI, on the same cluster:
+//! `slipway vm status --json`, `vm ssh`, `vm power-off` and `power-on` of worker1, `vm test
+//! --failover --junit` (worker1 running again first) and `vm down`, leaving no process
+//! or file of the session. Each step prints its wall time.
 //!
 //! When the test lock pins the example's Kubernetes release (`make test
 //! SLIPWAY_TEST_KUBERNETES=1`), kubelet runs every static pod (etcd included), and the
@@ -28,10 +31,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::cluster::{PingWatch, TestCluster};
-
-/// Disk per node: the image plus a state partition over slipway-init's 1 GiB minimum.
-const DISK_BYTES: u64 = 5 << 29;
+use harness::cluster::TestCluster;
 
 /// Prints a step's wall time and the time since the test began.
 struct Clock(Instant, Instant);
@@ -76,7 +76,7 @@ fn expect_probes(c: &TestCluster, from: Option<&str>, cases: &[(&str, u16, &str)
         }
         None => cases
             .iter()
-            .map(|(ip, port, _)| c.lan.probe(ip, *port).to_string())
+            .map(|(ip, port, _)| c.probe(ip, *port).to_string())
             .collect(),
     };
     for (i, (ip, port, want)) in cases.iter().enumerate() {
@@ -94,13 +94,10 @@ fn expect_probes(c: &TestCluster, from: Option<&str>, cases: &[(&str, u16, &str)
 fn the_example_cluster_holds_its_vip_through_failures() {
     let _wall = harness::WallTime::start("the_example_cluster_holds_its_vip_through_failures");
     let mut clock = Clock::new();
-    let mut c = TestCluster::build("cluster", DISK_BYTES);
-    clock.step("built the example cluster");
-    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut c = TestCluster::up("cluster", &[]);
     let powered = Instant::now();
-    for n in &names {
-        c.power_on(n);
-    }
+    clock.step("built the example cluster and powered it on (slipway::vm)");
+    let names: Vec<String> = c.names();
     for n in &names {
         let at = c.wait_running(n);
         eprintln!(
@@ -135,12 +132,13 @@ fn the_example_cluster_holds_its_vip_through_failures() {
 
     // Every node reaches every other (SSH's port is open to all).
     for from in &names {
-        let cases: Vec<(&str, u16, &str)> = c
-            .nodes
+        let ips: Vec<String> = names
             .iter()
-            .filter(|n| &n.name != from)
-            .map(|n| (n.ip.as_str(), 22, "open"))
+            .filter(|n| *n != from)
+            .map(|n| c.ip(n))
             .collect();
+        let cases: Vec<(&str, u16, &str)> =
+            ips.iter().map(|ip| (ip.as_str(), 22, "open")).collect();
         expect_probes(&c, Some(from), &cases);
     }
     clock.step("full mesh on port 22");
@@ -211,7 +209,7 @@ fn the_example_cluster_holds_its_vip_through_failures() {
             "systemctl is-active containerd slipway-images >/dev/null && sudo ctr -n k8s.io images ls",
         );
         assert_eq!(code, 0, "{n}: containerd not serving: {out}");
-        let role = if c.node(n).control_plane {
+        let role = if c.is_control_plane(n) {
             "control-plane"
         } else {
             "worker"
@@ -352,13 +350,13 @@ fn the_example_cluster_holds_its_vip_through_failures() {
     }
 
     // Failover: master1 loses power, then master2.
-    let watch = PingWatch::start(&c, &c.vip);
+    let watch = c.ping_watch(&c.vip.clone());
     std::thread::sleep(Duration::from_secs(2));
     for (off, next) in [("master1", "master2"), ("master2", "master3")] {
         let answered = c.fail_over(&watch, off, next);
         let (_, addrs) = c.ssh(next, "ip -4 -o addr show");
         assert!(addrs.contains("192.168.1.100/"), "{next}: {addrs}");
-        assert_eq!(c.lan.probe(vip, 6443), "open", "VIP:6443 on {next}");
+        assert_eq!(c.probe(vip, 6443), "open", "VIP:6443 on {next}");
         eprintln!(
             "cluster: {off} powered off: the VIP answered again from {next} after {:.2} s",
             answered.as_secs_f64()
@@ -441,5 +439,89 @@ fn the_example_cluster_holds_its_vip_through_failures() {
     clock.step("etcd: master1's member back, three healthy");
     c.assert_consoles_clean();
     drop(watch);
-    harness::passed(&c.dir);
+
+    // From here on, the commands users run in their CI, on this cluster as it is now:
+    // the session is handed over as `slipway vm up` leaves it (its machines run on
+    // without this process), and `slipway vm status`, `ssh`, `power-off`, `power-on`,
+    // `test --failover --junit` and `down` take it from OUT.
+    let dir = c.dir.clone();
+    let out = c.out.clone();
+    let holder = c.session.segment.holder;
+    let TestCluster { session, .. } = c;
+    session.detach();
+    let out_s = out.to_str().unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&cli_ok(&["--json", "vm", "status", out_s])).unwrap();
+    assert_eq!(st["vip_holder"], "master1", "{st}");
+    let state_of = |st: &serde_json::Value, name: &str| {
+        st["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == name))
+            .map(|n| n["state"].clone())
+    };
+    for n in &names {
+        assert_eq!(state_of(&st, n), Some("running".into()), "{n}: {st}");
+    }
+    assert_eq!(
+        cli_ok(&["vm", "ssh", out_s, "worker1", "hostname"]).trim(),
+        "worker1"
+    );
+    cli_ok(&["vm", "power-off", out_s, "worker1"]);
+    let st: serde_json::Value =
+        serde_json::from_str(&cli_ok(&["--json", "vm", "status", out_s])).unwrap();
+    assert_eq!(state_of(&st, "worker1"), Some("off".into()), "{st}");
+    cli_ok(&["vm", "power-on", out_s, "worker1"]);
+    clock.step("slipway vm status, ssh, power-off and power-on of worker1");
+    let junit = dir.join("vm-test.xml");
+    let report = cli_ok(&[
+        "vm",
+        "test",
+        out_s,
+        "--failover",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(!report.contains("FAILED"), "{report}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testsuites") && xml.contains(r#"failures="0""#) && xml.contains("failover"),
+        "{xml}"
+    );
+    clock.step("slipway vm test --failover (worker1 back first)");
+    let down = cli_ok(&["vm", "down", out_s]);
+    assert!(down.contains("4 machines stopped"), "{down}");
+    assert!(
+        !slipway::vm::process_alive(holder),
+        "the segment's holder runs on"
+    );
+    let vm_dir = out.join(".slipway/vm");
+    assert!(!vm_dir.exists(), "the session's directory is left");
+    let o = std::process::Command::new("pgrep")
+        .args(["-f", &vm_dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        o.stdout.is_empty(),
+        "processes of the session left: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    harness::passed(&dir);
+}
+
+/// `slipway ARGS` (this build's binary), its output in the log; panics unless it
+/// succeeds, else its stdout.
+fn cli_ok(args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "cluster: slipway {}: {}\n{}{}",
+        args.join(" "),
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "slipway {} failed", args.join(" "));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -13,10 +13,12 @@
 mod common;
 mod harness;
 
+use harness::Wait;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{Vm, VmConfig};
+use harness::{Disk, DiskKind, MachineSpec};
 
 #[test]
 fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
@@ -72,33 +74,18 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
         std::fs::metadata(&iso).unwrap().len() >> 20
     );
 
-    let disk = dir.join("master3.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(harness::disk_bytes(3 << 30))
-        .unwrap();
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "master3-install",
-            disk: &disk,
-            memory_mib: 1024,
-            cpus: 1,
-            extra: vec![
-                "-drive".into(),
-                format!(
-                    "if=none,id=cd0,media=cdrom,readonly=on,format=raw,file={}",
-                    iso.display()
-                ),
-                "-device".into(),
-                "ide-cd,drive=cd0,bus=ide.0,bootindex=0".into(),
-            ],
-            netns: None,
-        },
-        &dir,
-    );
-    let started = vm.wait_for("slipway-init started", Duration::from_secs(600), true);
-    let done = vm.wait_for("install: done", Duration::from_secs(900), true);
-    vm.wait_exit(Duration::from_secs(120));
+    let disk = harness::blank_disk(&dir, "master3", 3 << 30);
+    let mut spec = MachineSpec::new("master3-install", &disk, &dir);
+    spec.disks.push(Disk {
+        path: iso.clone(),
+        format: "raw".into(),
+        kind: DiskKind::Cdrom,
+        bootindex: Some(0),
+    });
+    let mut vm = harness::start(&spec, None, &dir);
+    let started = vm.wait("slipway-init started", Duration::from_secs(600), true);
+    let done = vm.wait("install: done", Duration::from_secs(900), true);
+    vm.exit(Duration::from_secs(120));
     let console = vm.console();
     for want in [
         "install: medium /dev/sr0 (SLIPWAY_INSTALL) mounted",
@@ -132,7 +119,7 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
         harness::isolated_nic("52:54:00:00:00:13", "192.168.1.13", port),
         &dir,
     );
-    let login = vm.wait_for("master3 login: ", Duration::from_secs(600), true);
+    let login = vm.wait("master3 login: ", Duration::from_secs(600), true);
     let run = |cmd: &str| harness::ssh(&key, port, "admin", cmd, Duration::from_secs(300));
     let (code, state) = run("sudo systemctl is-system-running --wait");
     let (_, failed) = run("systemctl --failed --no-legend --plain");
@@ -159,34 +146,17 @@ fn the_iso_boots_as_a_cdrom_installs_master3_and_its_disk_boots() {
 
     // The same image as a USB stick (`dd` of the ISO): firmware boots the ESP of its
     // hybrid GPT, slipway-init finds the volume on the stick's disk and installs.
-    let disk2 = dir.join("master3-usb.raw");
-    std::fs::File::create(&disk2)
-        .unwrap()
-        .set_len(harness::disk_bytes(3 << 30))
-        .unwrap();
-    let mut vm = Vm::start(
-        VmConfig {
-            name: "master3-usb-install",
-            disk: &disk2,
-            memory_mib: 1024,
-            cpus: 1,
-            extra: vec![
-                "-device".into(),
-                "qemu-xhci,id=xhci".into(),
-                "-drive".into(),
-                format!(
-                    "if=none,id=stick,readonly=on,format=raw,file={}",
-                    iso.display()
-                ),
-                "-device".into(),
-                "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0".into(),
-            ],
-            netns: None,
-        },
-        &dir,
-    );
-    let done = vm.wait_for("install: done", Duration::from_secs(900), true);
-    vm.wait_exit(Duration::from_secs(120));
+    let disk2 = harness::blank_disk(&dir, "master3-usb", 3 << 30);
+    let mut spec = MachineSpec::new("master3-usb-install", &disk2, &dir);
+    spec.disks.push(Disk {
+        path: iso.clone(),
+        format: "raw".into(),
+        kind: DiskKind::Usb,
+        bootindex: Some(0),
+    });
+    let mut vm = harness::start(&spec, None, &dir);
+    let done = vm.wait("install: done", Duration::from_secs(900), true);
+    vm.exit(Duration::from_secs(120));
     let console = vm.console();
     for want in [
         "install: medium /dev/sda (SLIPWAY_INSTALL) mounted",

@@ -21,11 +21,15 @@
 mod common;
 mod harness;
 
+use harness::Wait;
+
 use std::time::Duration;
 
-use harness::{Lan, Vm, VmConfig};
+use harness::pxe::Provisioning;
+use harness::{Machine as Vm, MachineSpec, Segment};
 
-use harness::pxe::{Provisioning, SERVER};
+/// The provisioning server's address on the segment (the test's own address).
+const SERVER: &str = "192.168.1.5";
 
 /// One machine to install: a node of the example cluster and how its NIC boots.
 struct Machine {
@@ -65,7 +69,7 @@ fn blank_machines_pxe_boot_install_their_disks_and_reboot_into_their_nodes() {
     let out = dir.join("out");
     common::build(&cluster, &dir.join("secrets"), &out, false);
 
-    let mut lan = Lan::new(&format!("{SERVER}/24"));
+    let lan = Segment::create(&format!("{SERVER}/24")).unwrap_or_else(|e| panic!("{e}"));
     let prov = Provisioning::start(&lan, &out, &dir, &[]);
     let (serve_log, dnsmasq_log) = (&prov.serve_log, &prov.dnsmasq_log);
 
@@ -73,24 +77,13 @@ fn blank_machines_pxe_boot_install_their_disks_and_reboot_into_their_nodes() {
     // partition), so OVMF goes on to the NIC.
     let mut vms: Vec<(&Machine, std::path::PathBuf, Vm)> = MACHINES
         .iter()
-        .map(|m| {
-            let disk = dir.join(format!("{}.raw", m.name));
-            std::fs::File::create(&disk)
-                .unwrap()
-                .set_len(harness::disk_bytes(3 << 30))
-                .unwrap();
-            let nic = lan.pxe_nic(m.mac, m.rom, false);
-            let vm = Vm::start(
-                VmConfig {
-                    name: &format!("{}-install", m.name),
-                    disk: &disk,
-                    memory_mib: 1024,
-                    cpus: 1,
-                    extra: nic,
-                    netns: Some(&lan.ns),
-                },
-                &dir,
-            );
+        .enumerate()
+        .map(|(i, m)| {
+            let disk = harness::blank_disk(&dir, m.name, 3 << 30);
+            // After the disk in the boot order: a blank disk does not boot, the NIC does.
+            let mut spec = MachineSpec::new(&format!("{}-install", m.name), &disk, &dir);
+            spec.nics = harness::segment_nic(&lan, &format!("tap{i}"), m.mac, Some((2, m.rom)));
+            let vm = harness::start(&spec, Some(&lan), &dir);
             (m, disk, vm)
         })
         .collect();
@@ -103,11 +96,11 @@ fn blank_machines_pxe_boot_install_their_disks_and_reboot_into_their_nodes() {
         )
     };
     for (m, _, vm) in &mut vms {
-        let init = vm.wait_for("slipway-init started", Duration::from_secs(600), true);
-        let written = vm.wait_for("SHA-256 checked", Duration::from_secs(900), true);
-        let done = vm.wait_for("install: done", Duration::from_secs(120), true);
+        let init = vm.wait("slipway-init started", Duration::from_secs(600), true);
+        let written = vm.wait("SHA-256 checked", Duration::from_secs(900), true);
+        let done = vm.wait("install: done", Duration::from_secs(120), true);
         // The harness runs QEMU with -no-reboot: the installer's reboot ends the VM.
-        vm.wait_exit(Duration::from_secs(120));
+        vm.exit(Duration::from_secs(120));
         let console = vm.console();
         let mac = m.mac.replace(':', "-");
         for want in [
@@ -179,30 +172,23 @@ fn blank_machines_pxe_boot_install_their_disks_and_reboot_into_their_nodes() {
     // Second power-on: each installed disk boots by itself (no boot ROM on the NIC).
     let mut booted: Vec<(&Machine, Vm)> = vms
         .iter()
-        .map(|(m, disk)| {
-            let nic = lan.nic(m.mac);
-            let vm = Vm::start(
-                VmConfig {
-                    name: m.name,
-                    disk,
-                    memory_mib: 1024,
-                    cpus: 1,
-                    extra: nic,
-                    netns: Some(&lan.ns),
-                },
-                &dir,
-            );
+        .enumerate()
+        .map(|(i, (m, disk))| {
+            let mut spec = MachineSpec::new(m.name, disk, &dir);
+            spec.nics = harness::segment_nic(&lan, &format!("tap{i}"), m.mac, None);
+            let vm = harness::start(&spec, Some(&lan), &dir);
             (*m, vm)
         })
         .collect();
     for (m, vm) in &mut booted {
-        let login = vm.wait_for(
+        let login = vm.wait(
             &format!("{} login: ", m.name),
             Duration::from_secs(600),
             true,
         );
-        let ssh =
-            |cmd: &str| harness::ssh_lan(&lan, &key, m.ip, "admin", cmd, Duration::from_secs(300));
+        let ssh = |cmd: &str| {
+            harness::ssh_segment(&lan, &key, m.ip, "admin", cmd, Duration::from_secs(300))
+        };
         let (code, state) = ssh("systemctl is-system-running --wait");
         let (_, failed) = ssh("systemctl --failed --no-legend --plain");
         assert!(

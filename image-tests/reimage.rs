@@ -20,11 +20,9 @@ mod harness;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::cluster::{PingWatch, TestCluster};
+use harness::cluster::TestCluster;
 use harness::pxe::Provisioning;
 
-/// Disk per node: the image plus a state partition over slipway-init's 1 GiB minimum.
-const DISK_BYTES: u64 = 5 << 29;
 const MARK: &str = "/var/lib/slipway-reimage-mark";
 
 #[test]
@@ -33,11 +31,8 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
         "master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_master1",
     );
     let started = Instant::now();
-    let mut c = TestCluster::build("reimage", DISK_BYTES);
     let masters = ["master1", "master2", "master3"];
-    for n in masters {
-        c.power_on(n);
-    }
+    let mut c = TestCluster::up("reimage", &masters);
     for n in masters {
         c.wait_running(n);
     }
@@ -70,7 +65,7 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
         &format!("echo kept | sudo tee {MARK} >/dev/null && sync"),
     );
     assert_eq!(code, 0);
-    let watch = PingWatch::start(&c, &c.vip.clone());
+    let watch = c.ping_watch(&c.vip.clone());
     let since = SystemTime::now();
     let out = c.dir.join("out");
 
@@ -78,8 +73,12 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
         let what = if keep { "keeping" } else { "wiping" };
         let t = Instant::now();
         let console = {
-            let prov =
-                Provisioning::start(&c.lan, &out, &c.dir, if keep { &["master2"] } else { &[] });
+            let prov = Provisioning::start(
+                &c.session.segment,
+                &out,
+                &c.dir,
+                if keep { &["master2"] } else { &[] },
+            );
             let console = c.reimage("master2");
             let served = prov.served();
             assert!(
@@ -112,7 +111,7 @@ fn master2_is_reimaged_keeping_then_wiping_its_state_while_the_vip_stays_on_mast
         c.power_on("master2");
         let running = c.wait_running("master2");
         let (_, mark) = c.ssh("master2", &format!("cat {MARK} 2>/dev/null || echo none"));
-        let console = c.node("master2").vm.as_ref().unwrap().console();
+        let console = c.console("master2");
         if keep {
             assert_eq!(mark.trim(), "kept", "the kept state lost its mark");
             assert!(console.contains("not the first boot"));

@@ -15,8 +15,10 @@ set -euo pipefail
 #   dnsmasq (DHCP and TFTP, run only inside the PXE test's network namespace) and
 #   Debian's iPXE builds (ipxe.efi, chainloaded over TFTP) for the network-install test;
 #   xorriso, which writes `slipway iso`'s install media; shellcheck, which judges the
-#   rendered shell scripts. For `slipway build`:
-#   depmod (kmod) for the module indexes, qemu-img (qemu-utils) for qcow2, and
+#   rendered shell scripts; xfsprogs, for a loop-mounted XFS on which node disks are
+#   made as clones of their role disk (FICLONE). For `slipway build`:
+#   depmod (kmod) for the module indexes, systemd-hwdb (udev) for the hardware database,
+#   qemu-img (qemu-utils) for qcow2, and
 #   libclang + libdevmapper headers, which the devicemapper crate of slipway-init
 #   generates its ioctl bindings from at build time.
 APT_PACKAGES=(
@@ -26,13 +28,13 @@ APT_PACKAGES=(
     cryptsetup-bin gdisk fdisk dosfstools mtools squashfs-tools cpio binutils kmod
     qemu-system-x86 qemu-utils ovmf busybox-static libclang-dev libdevmapper-dev
     openssh-client iputils-arping iputils-ping docker-registry skopeo
-    dnsmasq-base ipxe xorriso shellcheck
+    dnsmasq-base ipxe xorriso shellcheck xfsprogs udev
 )
 # `--bench`: the baselines `make bench` measures against (mkosi and what its Debian
 # 12 version needs to build a verity disk, benches/mkosi/run.sh).
 if [ "${1:-}" = "--bench" ]; then
     APT_PACKAGES=(mkosi systemd-container debootstrap squashfs-tools cryptsetup-bin
-        dosfstools mtools fdisk zstd binutils)
+        dosfstools mtools fdisk zstd binutils xfsprogs)
 fi
 
 missing=()

@@ -24,3 +24,4 @@ pub mod render;
 pub mod rootfs;
 #[cfg(test)]
 mod testserver;
+pub mod vm;

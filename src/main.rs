@@ -134,6 +134,12 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         iso: Option<PathBuf>,
     },
+    /// Boot a build's nodes under QEMU on a private network with the cluster's own
+    /// addresses, and test them (no root needed)
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
     /// Serve PXE artifacts and per-MAC Ignition configs from a build's output over HTTP
     Serve {
         /// A `slipway build` output directory
@@ -146,6 +152,251 @@ enum Cmd {
         #[arg(long, value_name = "NODE")]
         keep_state: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// Boot every node of a build (or --nodes) and wait until each reports it runs
+    Up {
+        /// A `slipway build` output directory
+        out: PathBuf,
+        /// Only these nodes (repeatable)
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
+        /// The cluster definition the build was made from, to check OUT is its build
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
+        /// The private key for SSH to the admin user [default: ~/.ssh/id_ed25519,
+        /// id_ecdsa or id_rsa, whichever the cluster lets in]
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Memory per node in MiB [default: 768; 2048 for control-plane nodes whose image
+        /// carries Kubernetes]
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u32>,
+        /// No RNG device in the machines (the guest then seeds its own pool)
+        #[arg(long)]
+        no_rng: bool,
+        /// QEMU CPU model [default: host under KVM, qemu64 under TCG; qemu64 has no RDRAND, max emulates it]
+        #[arg(long, value_name = "MODEL")]
+        cpu: Option<String>,
+        /// Return once the machines are started, without waiting for them
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds to wait for every node
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+    /// Show every node's state and the VIP's holder
+    Status { out: PathBuf },
+    /// SSH to NODE as the cluster's admin user (a shell, or CMD)
+    Ssh {
+        out: PathBuf,
+        node: String,
+        /// The command to run [default: a login shell]
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// This terminal on NODE's serial console (^] leaves)
+    Console { out: PathBuf, node: String },
+    /// Pull NODE's plug (or press its power button with --graceful)
+    PowerOff {
+        out: PathBuf,
+        node: String,
+        #[arg(long)]
+        graceful: bool,
+    },
+    /// Power NODE on again (its disk keeps its state)
+    PowerOn {
+        out: PathBuf,
+        node: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Check the cluster that is up: nodes running, VIP, HAProxy, firewall, etcd,
+    /// Kubernetes; exit status 1 on a failed check
+    Test {
+        out: PathBuf,
+        /// Also power off the VIP's holder and measure the failover
+        #[arg(long)]
+        failover: bool,
+        /// Write a JUnit XML report here
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Stop everything the session started and remove it (overlays, logs, network)
+    Down { out: PathBuf },
+}
+
+/// `slipway vm ...`.
+fn vm(cmd: VmCmd, json: bool) -> Result<()> {
+    use slipway::vm::session::{Session, UpOptions};
+    use std::time::Duration;
+    let print = |st: &slipway::vm::session::Status| -> Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(st)?);
+        } else {
+            table(st);
+        }
+        Ok(())
+    };
+    fn table(st: &slipway::vm::session::Status) {
+        println!(
+            "{:<10} {:<15} {:<10} {:>8}  console",
+            "node", "address", "state", "running"
+        );
+        for n in &st.nodes {
+            println!(
+                "{:<10} {:<15} {:<10} {:>8}  {}",
+                n.name,
+                n.ip,
+                n.state,
+                n.running_after
+                    .map(|t| format!("{t:.1} s"))
+                    .unwrap_or_else(|| "-".into()),
+                n.console_log.display()
+            );
+        }
+        println!(
+            "VIP {}: {}; host {} on the segment ({})",
+            st.vip,
+            st.vip_holder.as_deref().unwrap_or("nobody answers"),
+            st.host_address,
+            st.accel
+        );
+    }
+    match cmd {
+        VmCmd::Up {
+            out,
+            nodes,
+            cluster,
+            identity,
+            memory,
+            no_rng,
+            cpu,
+            no_wait,
+            timeout,
+        } => {
+            if let Some(c) = &cluster {
+                let (model, _) = Cluster::load(c)?;
+                slipway::vm::session::Build::read(&out)?.expect_cluster(&model.name, &out)?;
+            }
+            let opts = UpOptions {
+                nodes,
+                identity,
+                memory_mib: memory,
+                rng: !no_rng,
+                cpu,
+                ..UpOptions::default()
+            };
+            let mut s = Session::up(&out, &opts).with_context(|| {
+                format!(
+                    "bringing {} up (`slipway vm down {}` clears what is left)",
+                    out.display(),
+                    out.display()
+                )
+            })?;
+            if !no_wait && let Err(e) = s.wait_all(Duration::from_secs(timeout)) {
+                // Left running, to look at: `vm status`, `vm console`, `vm ssh`.
+                let st = s.status();
+                s.detach();
+                table(&st);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the machines are left running to look at; `slipway vm down {}` ends them",
+                    out.display()
+                )));
+            }
+            let st = s.status();
+            s.detach();
+            print(&st)?;
+        }
+        VmCmd::Status { out } => {
+            let mut s = Session::open(&out)?;
+            let st = s.status();
+            s.detach();
+            print(&st)?;
+        }
+        VmCmd::Ssh { out, node, command } => {
+            let s = Session::open(&out)?;
+            let cmd = (!command.is_empty()).then(|| command.join(" "));
+            let status = s
+                .ssh_command(&node, cmd.as_deref())?
+                .status()
+                .context("running ssh (openssh-client)")?;
+            s.detach();
+            std::process::exit(status.code().unwrap_or(255));
+        }
+        VmCmd::Console { out, node } => {
+            let s = Session::open(&out)?;
+            let sock = s.console_socket(&node)?;
+            s.detach();
+            slipway::vm::attach_console(&sock)?;
+        }
+        VmCmd::PowerOff {
+            out,
+            node,
+            graceful,
+        } => {
+            let mut s = Session::open(&out)?;
+            s.power_off(&node, graceful)?;
+            s.detach();
+            println!("{node}: off");
+        }
+        VmCmd::PowerOn { out, node, no_wait } => {
+            let mut s = Session::open(&out)?;
+            s.power_on(&node)?;
+            if !no_wait {
+                let at = s.wait_running(&node, Duration::from_secs(900))?;
+                println!("{node}: running {:.1} s after power-on", at.as_secs_f64());
+            }
+            s.detach();
+        }
+        VmCmd::Test {
+            out,
+            failover,
+            junit,
+        } => {
+            let mut s = Session::open(&out)?;
+            let report =
+                slipway::vm::check::run_all(&mut s, slipway::vm::check::Options { failover });
+            s.detach();
+            if let Some(f) = &junit {
+                let xml = report.junit().map_err(anyhow::Error::msg)?;
+                slipway::fsutil::write_atomic(f, xml.as_bytes(), 0o644)
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for c in &report.checks {
+                    let (mark, why) = match &c.outcome {
+                        slipway::vm::check::Outcome::Passed => ("ok", c.detail.clone()),
+                        slipway::vm::check::Outcome::Failed { why } => ("FAILED", why.clone()),
+                        slipway::vm::check::Outcome::Skipped { why } => ("SKIPPED", why.clone()),
+                    };
+                    println!("{mark:<8} {:<52} {:>6.1} s  {why}", c.name, c.seconds);
+                }
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        VmCmd::Down { out } => {
+            let dir = slipway::vm::session::default_dir(&out);
+            let stopped = match Session::open_dir(&dir) {
+                Ok(s) => s.down()?,
+                // Ended already (its network gone): what is left of it is cleared.
+                Err(_) => slipway::vm::session::clear_dead(&dir)?,
+            };
+            println!(
+                "{}: down ({} machines stopped; network and {} removed)",
+                out.display(),
+                stopped.len(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Where slipway-init is looked for when --init is not given.
@@ -313,6 +564,11 @@ fn run(cli: Cli) -> Result<()> {
             let m = slipway::build::build(&cluster, &opts, &out)
                 .with_context(|| format!("building {}", cluster.display()))?;
             warn(&m.warnings);
+            if std::env::var_os("SLIPWAY_TIMINGS").is_some() {
+                for (s, t) in &m.report.steps {
+                    eprintln!("{t:6.2} s  {s}");
+                }
+            }
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
@@ -338,11 +594,19 @@ fn run(cli: Cli) -> Result<()> {
                         );
                     }
                 }
+                let r = &m.report;
+                let kept = |what: &str, v: &[String]| match v.len() {
+                    0 => String::new(),
+                    _ => format!("; kept {what} {} unchanged", v.join(", ")),
+                };
                 println!(
-                    "{}/manifest.json: {} artifacts, built in {:.1} s",
+                    "{}/manifest.json: {} artifacts, built in {:.1} s, {} MiB of disk images written{}{}",
                     out.display(),
                     m.artifacts.len(),
-                    m.seconds
+                    r.seconds,
+                    r.disk_bytes_written >> 20,
+                    kept("the role images of", &r.roles_reused),
+                    kept("the disks of", &r.nodes_reused),
                 );
             }
         }
@@ -481,6 +745,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", path.display());
             }
         }
+        Cmd::Vm { cmd } => vm(cmd, cli.json)?,
         Cmd::Serve {
             dir,
             listen,

@@ -60,36 +60,29 @@ pub fn write_nodes_with(
     extra: impl FnOnce(&Path) -> Result<(), OutError>,
 ) -> Result<(), OutError> {
     fs::create_dir_all(dir).map_err(ctx("creating", dir))?;
-    let staged = dir.join(format!(".nodes.staging-{}", std::process::id()));
-    if staged.exists() {
-        fs::remove_dir_all(&staged).map_err(ctx("removing", &staged))?;
-    }
-    let result = (|| {
-        fsutil::create_dir_mode(&staged, 0o700).map_err(ctx("creating", &staged))?;
-        // Metadata operations dominate (thousands of small files); a few threads overlap
-        // their latency.
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
-        let chunk = nodes.len().div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = nodes
-                .chunks(chunk)
-                .map(|part| {
-                    let staged = &staged;
-                    s.spawn(move || part.iter().try_for_each(|n| write_node(staged, n)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })?;
-        extra(&staged)?;
-        let target = dir.join("nodes");
-        fsutil::replace_dir(&staged, &target).map_err(ctx("replacing", &target))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staged);
-    }
-    result?;
+    let target = dir.join("nodes");
+    let staging = fsutil::TempDir::beside(&target, 0o700).map_err(ctx("creating", &target))?;
+    let staged = staging.path().to_owned();
+    // Metadata operations dominate (thousands of small files); a few threads overlap
+    // their latency.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let chunk = nodes.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .chunks(chunk)
+            .map(|part| {
+                let staged = &staged;
+                s.spawn(move || part.iter().try_for_each(|n| write_node(staged, n)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })?;
+    extra(&staged)?;
+    staging
+        .replace(&target)
+        .map_err(ctx("replacing", &target))?;
     let admin = dir.join("admin.conf");
     fsutil::write_atomic(&admin, admin_conf.as_bytes(), 0o600).map_err(ctx("writing", &admin))
 }

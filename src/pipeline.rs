@@ -130,6 +130,9 @@ pub fn render(
     data: &DataDir,
     out_dir: &Path,
 ) -> Result<RenderSummary, Error> {
+    // One writer at a time (a build into the same directory writes nodes/ too).
+    let _lock = crate::fsutil::DirLock::acquire(out_dir)
+        .map_err(|e| OutError::new("locking", out_dir, e))?;
     let r = prepare(cluster_path, secrets_dir, data)?;
     out::write_nodes(out_dir, &r.outputs(), &r.admin_kubeconfig)?;
     Ok(RenderSummary {

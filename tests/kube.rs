@@ -400,3 +400,98 @@ fn a_bad_kubernetes_table_is_refused_by_field() {
         );
     }
 }
+
+/// A build whose lock pins nothing of the cluster's Kubernetes release pins it itself:
+/// refused under `--locked` (naming what is missing and the command); with the release
+/// server and registry unreachable, a warning and images without it; with them there
+/// (a release server on 127.0.0.1 and the site's registry), the release pinned in the
+/// lock and baked, as `slipway lock --kubernetes` would have.
+#[test]
+fn a_build_pins_the_release_when_the_lock_has_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = site(tmp.path(), &["v1.34.2"]);
+    let release = tmp.path().join("release");
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    let kubelet = format!("#!/bin/sh\n# kubelet stand-in {nonce}\n").into_bytes();
+    let kubectl = format!("#!/bin/sh\n# kubectl stand-in {nonce}\n").into_bytes();
+    publish(&release, "v1.34.2", "kubelet", &kubelet, &kubelet);
+    publish(&release, "v1.34.2", "kubectl", &kubectl, &kubectl);
+    let server = common::http::Server::serve(release.clone());
+    let with_release_url = |url: &str| {
+        let base = site.data.join("profiles/base.toml");
+        let text = std::fs::read_to_string(&base).unwrap();
+        let start = text.find("release_url = \"").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        std::fs::write(
+            &base,
+            format!("{}release_url = \"{url}\"{}", &text[..start], &text[end..]),
+        )
+        .unwrap();
+    };
+    let lock = tmp.path().join("slipway.lock");
+    let fresh_lock = || std::fs::copy(common::fixture("SLIPWAY_TEST_LOCK"), &lock).unwrap();
+    fresh_lock();
+    let mut rootfs = common::offline_options();
+    rootfs.data = slipway::profile::DataDir::new(&site.data);
+    rootfs.lock_path = lock.clone();
+    rootfs.kube_artifacts = None;
+    let opts = common::build_options(rootfs, &tmp.path().join("secrets"));
+    let out = tmp.path().join("out");
+
+    // --locked: refused before anything is built, naming the pins and the command.
+    let mut locked = opts.clone();
+    locked.rootfs.locked = true;
+    let e = format!(
+        "{:#}",
+        slipway::build::build(&site.cluster, &locked, &out).unwrap_err()
+    );
+    assert!(
+        e.contains("pins nothing of Kubernetes v1.34.2")
+            && e.contains("kubelet")
+            && e.contains("/k8s/kube-apiserver:v1.34.2")
+            && e.contains("slipway lock --kubernetes v1.34.2"),
+        "{e}"
+    );
+    assert!(!out.join("manifest.json").exists());
+
+    // The release server unreachable (a closed port): warned, built without it.
+    with_release_url("http://127.0.0.1:9/release");
+    let m = slipway::build::build(&site.cluster, &opts, &out).unwrap();
+    assert!(!m.kubernetes.complete(), "{:?}", m.kubernetes);
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("pinning them failed") && w.contains("127.0.0.1:9")),
+        "{:?}",
+        m.warnings
+    );
+    assert!(
+        !std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("[kubernetes")
+    );
+
+    // Reachable: pinned in the lock and baked, no warning about it.
+    with_release_url(&server.url);
+    fresh_lock();
+    let m = slipway::build::build(&site.cluster, &opts, &out).unwrap();
+    assert!(m.kubernetes.complete(), "{:?}", m.kubernetes);
+    assert!(
+        !m.warnings
+            .iter()
+            .any(|w| w.contains("Kubernetes") || w.contains("kubelet")),
+        "{:?}",
+        m.warnings
+    );
+    let l = slipway::debian::lock::Lock::load(&lock).unwrap();
+    assert_eq!(
+        l.kubernetes["v1.34.2"].binaries["kubelet"].sha512,
+        hex::encode(Sha512::digest(&kubelet))
+    );
+    assert_eq!(l.kubernetes["v1.34.2"].images.len(), 5);
+    for (name, (_, amd64)) in &site.pushed {
+        let i = m.images.iter().find(|i| i.name == *name).unwrap();
+        assert_eq!(i.digest, format!("sha256:{amd64}"), "{name}");
+    }
+    assert!(!server.requests("kubelet.sha512").is_empty());
+}

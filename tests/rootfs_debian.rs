@@ -287,7 +287,7 @@ const EXPLAINED: &[(&str, &str)] = &[
     ),
     (
         "^usr/lib/udev/hwdb\\.bin$",
-        "hwdb is compiled at boot by systemd-hwdb-update.service",
+        "hwdb compiled by the build host's systemd-hwdb (the version in its header is the host's), mmdebstrap's by the image's",
     ),
     (
         "^var/lib/systemd/catalog(/database)?$",
@@ -337,6 +337,10 @@ const EXPLAINED: &[(&str, &str)] = &[
     (
         "^usr/lib/(slipway(/|$)|systemd/system/slipway-)",
         "Slipway's own unit and script (overlays/rootfs): baked container images into containerd",
+    ),
+    (
+        "^usr/lib/systemd/(system\\.conf\\.d|system/systemd-networkd-wait-online\\.service\\.d)(/|$)",
+        "Slipway's start timeouts for slow machines (overlays/rootfs)",
     ),
     (
         "^usr/share/(man|doc)(/|$)",

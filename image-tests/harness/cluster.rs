@@ -1,47 +1,31 @@
-//! The example cluster booted whole: every node's disk from `slipway build` in its own VM,
-//! all on one [`Lan`] (a private network namespace), with a test-only admin SSH key. The
-//! multi-node test and `make bench` drive it through this: power nodes on and off, run
-//! commands on them over SSH from the segment, and see which node answers for the VIP.
+//! The example cluster booted whole through `slipway::vm::session` (what `slipway vm up`
+//! runs): every node's disk from `slipway build` in its own machine, all on one private
+//! segment, with a test-only admin SSH key. The multi-node tests and `make bench` drive it
+//! through this; what is here beyond the session is test-only: etcd's static pod started
+//! by hand where the images have no kubelet, and assertions.
 
 use std::path::PathBuf;
-use std::process::Child;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{Lan, TestKey, Vm, VmConfig};
+use slipway::vm::session::{Session, UpOptions};
+
+use super::{PingWatch, Probe, TestKey};
 
 /// The test's own address on the segment: inside the example's subnet, outside its nodes,
 /// VIP and load-balancer pool, and not in the cluster's firewall sets.
-pub const HOST_CIDR: &str = "192.168.1.5/24";
+pub const HOST_IP: &str = "192.168.1.5";
 
 /// `s` quoted for a POSIX shell.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Memory and vCPUs per node VM: four at once share this machine's two cores under TCG.
-const MEMORY_MIB: u32 = 768;
-/// A control-plane node whose image carries Kubernetes runs kube-apiserver, the
-/// controller manager, the scheduler and etcd under kubelet as well (kubeadm asks for
-/// 2 GiB).
-const CONTROL_PLANE_KUBE_MEMORY_MIB: u32 = 2048;
-const CPUS: u32 = 1;
-
-pub struct Node {
-    pub name: String,
-    pub ip: String,
-    pub mac: String,
-    pub control_plane: bool,
-    disk: PathBuf,
-    boots: usize,
-    pub vm: Option<Vm>,
-}
-
 pub struct TestCluster {
     pub dir: PathBuf,
-    pub lan: Lan,
+    pub out: PathBuf,
+    pub session: Session,
     pub key: TestKey,
     pub vip: String,
-    pub nodes: Vec<Node>,
     /// The container images the build baked in.
     pub images: Vec<slipway::build::BakedImage>,
     /// The images carry everything of Kubernetes the profiles name (kubelet, kubectl,
@@ -50,119 +34,144 @@ pub struct TestCluster {
     pub kubernetes: bool,
 }
 
+fn ok<T>(r: Result<T, slipway::vm::VmError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
 impl TestCluster {
     /// Builds the example cluster (with a test-only admin key) into
-    /// target/image-tests/`name` and gives each node a sparse disk copy of `disk_bytes`
-    /// (room for its state partition). No VM runs yet.
-    pub fn build(name: &str, disk_bytes: u64) -> TestCluster {
+    /// target/image-tests/`name`/out and powers `nodes` on (none: all) in a session of
+    /// its own, where `slipway vm` keeps it (OUT/.slipway/vm: the CLI's commands find it
+    /// there), not waiting for them.
+    pub fn up(name: &str, nodes: &[&str]) -> TestCluster {
         let dir = super::work_dir(name);
         let key = super::test_key(&dir);
         let cluster = super::example_with_key(&crate::common::example(), &key, &dir);
         let out = dir.join("out");
         let manifest = crate::common::build(&cluster, &dir.join("secrets"), &out, false);
-        let (model, _) = slipway::cluster::Cluster::load(&cluster).unwrap();
-        let nodes = model
-            .nodes
-            .iter()
-            .map(|n| Node {
-                name: n.name.clone(),
-                ip: n.ip.to_string(),
-                mac: n.mac.to_string(),
-                control_plane: n.vrrp_priority.is_some(),
-                disk: super::grown_copy(
-                    &out.join("nodes").join(&n.name).join("disk.raw"),
-                    &dir,
-                    &n.name,
-                    disk_bytes,
-                ),
-                boots: 0,
-                vm: None,
-            })
-            .collect();
+        let session = ok(Session::up(
+            &out,
+            &UpOptions {
+                nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                identity: Some(key.private.clone()),
+                host_ip: Some(HOST_IP.parse().unwrap()),
+                ..UpOptions::default()
+            },
+        ));
         TestCluster {
-            lan: Lan::new(HOST_CIDR),
-            vip: model.control_plane.vip.to_string(),
+            vip: session.vip().to_string(),
             kubernetes: manifest.kubernetes.complete(),
             images: manifest.images,
             dir,
+            out,
+            session,
             key,
-            nodes,
         }
     }
 
-    pub fn node(&self, name: &str) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name}"))
+    /// The session's nodes, by name.
+    pub fn names(&self) -> Vec<String> {
+        self.session.nodes()
     }
 
-    fn node_mut(&mut self, name: &str) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    pub fn ip(&self, name: &str) -> String {
+        ok(self.session.ip(name))
     }
 
-    /// Powers `name` on from its disk (which keeps its state across power cycles). The
-    /// console log of its Nth boot is NAME-serial.log, then NAME-bootN-serial.log.
+    pub fn is_control_plane(&self, name: &str) -> bool {
+        self.session.is_control_plane(name)
+    }
+
     pub fn power_on(&mut self, name: &str) {
-        let nic = {
-            let mac = self.node(name).mac.clone();
-            self.lan.nic(&mac)
-        };
-        let vm = self.start_vm(name, "boot", nic);
-        self.node_mut(name).vm = Some(vm);
+        ok(self.session.power_on(name));
+    }
+
+    /// Pulls the plug on `name` (QEMU killed: no shutdown, as in a power or host failure).
+    pub fn power_off(&mut self, name: &str) {
+        ok(self.session.power_off(name, false));
+    }
+
+    /// This boot's console output of `name`.
+    pub fn console(&self, name: &str) -> String {
+        self.session.console(name)
+    }
+
+    /// Waits until `name` says its boot ended `running` (no failed unit, no bad console
+    /// line); returns the time since its power-on.
+    pub fn wait_running(&mut self, name: &str) -> Duration {
+        ok(self.session.wait_running(name, Duration::from_secs(900)))
+    }
+
+    /// Runs `command` on `name` as the admin user over SSH from the segment.
+    pub fn ssh(&self, name: &str, command: &str) -> (i32, String) {
+        ok(self.session.ssh(name, command))
+    }
+
+    /// "open", "refused" or "dropped": a TCP connection from the test's address.
+    pub fn probe(&self, ip: &str, port: u16) -> &'static str {
+        match ok(self.session.segment.probe(ip, port)) {
+            Probe::Open => "open",
+            Probe::Refused => "refused",
+            Probe::Dropped => "dropped",
+        }
+    }
+
+    /// The node that answers ARP for the VIP, if any.
+    pub fn vip_holder(&self) -> Option<String> {
+        self.session.vip_holder()
+    }
+
+    /// Waits until `name` has held the VIP for `settle`; returns when it began.
+    pub fn wait_vip_on(&self, name: &str, settle: Duration, timeout: Duration) -> Instant {
+        ok(self.session.wait_vip_on(name, settle, timeout))
+    }
+
+    /// A ping of `ip` from the segment ten times a second, logged in the test's directory.
+    pub fn ping_watch(&self, ip: &str) -> PingWatch {
+        ok(PingWatch::start(
+            &self.session.segment,
+            ip,
+            self.dir.join(format!("ping-{ip}.log")),
+        ))
     }
 
     /// Reimages `name` as an operator would, one node at a time: pulls its plug, boots it
     /// once from the network (NIC first in the boot order, QEMU's iPXE ROM), so that
     /// slipway-init installs its disk from `slipway serve` (the caller's
     /// [`super::pxe::Provisioning`]), and waits for the installer's reboot, which ends the
-    /// VM (-no-reboot). The node is left off; returns the installer's console.
+    /// machine. The node is left off; returns the installer's console.
     pub fn reimage(&mut self, name: &str) -> String {
         self.power_off(name);
-        let nic = {
-            let mac = self.node(name).mac.clone();
-            self.lan.pxe_nic(&mac, true, true)
-        };
-        let mut vm = self.start_vm(name, "reimage", nic);
-        vm.wait_for("install: done", Duration::from_secs(900), true);
-        vm.wait_exit(Duration::from_secs(120));
-        vm.console()
-    }
-
-    /// A VM for `name`'s next boot from its disk, with `nic`, on the segment; its log is
-    /// NAME-serial.log for the first boot, NAME-KINDn-serial.log after.
-    fn start_vm(&mut self, name: &str, kind: &str, nic: Vec<String>) -> Vm {
-        let (ns, dir) = (self.lan.ns.clone(), self.dir.clone());
-        let kubernetes = self.kubernetes;
-        let node = self.node_mut(name);
-        let memory_mib = if kubernetes && node.control_plane {
-            CONTROL_PLANE_KUBE_MEMORY_MIB
-        } else {
-            MEMORY_MIB
-        };
-        node.boots += 1;
-        let label = match node.boots {
-            1 => name.to_string(),
-            n => format!("{name}-{kind}{n}"),
-        };
-        Vm::start(
-            VmConfig {
-                name: &label,
-                disk: &node.disk,
-                memory_mib,
-                cpus: CPUS,
-                extra: nic,
-                netns: Some(&ns),
-            },
-            &dir,
-        )
-    }
-
-    /// Pulls the plug on `name` (QEMU killed: no shutdown, as in a power or host failure).
-    pub fn power_off(&mut self, name: &str) {
-        if let Some(mut vm) = self.node_mut(name).vm.take() {
-            vm.kill();
+        ok(self.session.power_on_with(name, |spec| {
+            spec.nics[0].pxe = Some((0, true));
+            spec.no_reboot = true;
+        }));
+        let log = self.session.serial_log(name);
+        let start = Instant::now();
+        while !self.console(name).contains("install: done") {
+            assert!(
+                start.elapsed() < Duration::from_secs(900),
+                "{name}: no install within 900 s (log {})",
+                log.display()
+            );
+            if let Some(bad) = self.console(name).lines().find(|l| super::bad_line(l)) {
+                panic!("{name}: {bad} (log {})", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
+        let start = Instant::now();
+        while self.session.is_on(name) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{name}: the installer did not reboot (log {})",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let console = self.console(name);
+        // Off already (the installer's reboot ended its machine): the session notes it.
+        let _ = self.session.power_off(name, false);
+        console
     }
 
     /// Pulls the plug on `off` while it holds the VIP and waits until the VIP answers
@@ -171,7 +180,9 @@ impl TestCluster {
     pub fn fail_over(&mut self, watch: &PingWatch, off: &str, next: &str) -> Duration {
         let at = SystemTime::now();
         self.power_off(off);
-        let answered = watch.answered_after(at, Duration::from_secs(60));
+        let answered = watch
+            .answered_after(at, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no VIP ping reply within 60 s ({})", watch.log.display()));
         self.wait_vip_on(next, Duration::from_secs(3), Duration::from_secs(60));
         answered
     }
@@ -191,14 +202,14 @@ impl TestCluster {
     /// Waits until `kubectl get nodes` on `on`, through the VIP, lists exactly the
     /// cluster's nodes; returns the wait.
     pub fn wait_nodes_listed(&self, on: &str, timeout: Duration) -> Duration {
-        let mut want: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut want = self.names();
         want.sort();
         let start = Instant::now();
         loop {
             let (code, out) = self.kubectl(on, "get nodes -o name");
-            let mut got: Vec<&str> = out
+            let mut got: Vec<String> = out
                 .lines()
-                .filter_map(|l| l.trim().strip_prefix("node/"))
+                .filter_map(|l| l.trim().strip_prefix("node/").map(str::to_string))
                 .collect();
             got.sort();
             if code == 0 && got == want {
@@ -210,36 +221,6 @@ impl TestCluster {
             );
             std::thread::sleep(Duration::from_secs(5));
         }
-    }
-
-    /// Runs `command` on `name` as the admin user over SSH from the segment.
-    pub fn ssh(&self, name: &str, command: &str) -> (i32, String) {
-        let ip = &self.node(name).ip;
-        super::ssh_lan(
-            &self.lan,
-            &self.key,
-            ip,
-            "admin",
-            command,
-            Duration::from_secs(300),
-        )
-    }
-
-    /// Waits until `name` reports `systemctl is-system-running` = running with no failed
-    /// unit and no bad console line; returns the time since its power-on.
-    pub fn wait_running(&mut self, name: &str) -> Duration {
-        let log = self.node(name).vm.as_ref().unwrap().log.clone();
-        let vm = self.node_mut(name).vm.as_mut().unwrap();
-        vm.wait_for(" login: ", Duration::from_secs(600), true);
-        let (code, state) = self.ssh(name, "systemctl is-system-running --wait");
-        let at = self.node(name).vm.as_ref().unwrap().elapsed();
-        let (_, failed) = self.ssh(name, "systemctl --failed --no-legend --plain");
-        assert!(
-            code == 0 && state.trim() == "running" && failed.trim().is_empty(),
-            "{name}: system {state:?}, failed units: {failed:?} (log {})",
-            log.display()
-        );
-        at
     }
 
     /// Starts the static pod `pod` of control-plane node `name` as kubelet would, for
@@ -309,35 +290,28 @@ impl TestCluster {
     /// health-check client certificate.
     pub fn etcdctl(&self, name: &str, args: &str) -> (i32, String) {
         let endpoints: Vec<String> = self
-            .nodes
+            .names()
             .iter()
-            .filter(|n| n.control_plane)
-            .map(|n| format!("https://{}:2379", n.ip))
+            .filter(|n| self.is_control_plane(n))
+            .map(|n| format!("https://{}:2379", self.ip(n)))
             .collect();
         self.etcdctl_at(name, &endpoints.join(","), args)
     }
 
     /// `etcdctl` on `name` against `endpoints` only (`https://127.0.0.1:2379`: its own).
-    /// Its standard output; its log and errors (standard error) after that only when it
-    /// fails.
     pub fn etcdctl_at(&self, name: &str, endpoints: &str, args: &str) -> (i32, String) {
-        self.ssh(
-            name,
-            &format!(
-                "o=$(sudo ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=/etc/kubernetes/pki/etcd/ca.crt \
-                 --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
-                 --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
-                 --dial-timeout=3s --command-timeout=10s {args} 2>/tmp/etcdctl.err); rc=$?; \
-                 printf '%s\\n' \"$o\"; [ $rc = 0 ] || cat /tmp/etcdctl.err; exit $rc"
-            ),
-        )
+        self.ssh(name, &slipway::vm::check::etcdctl(endpoints, args))
     }
 
     /// Waits (up to `timeout`) until, asked from `name`, every control-plane node's etcd
     /// answers healthy; returns how long that took.
     pub fn wait_etcd_healthy(&self, name: &str, timeout: Duration) -> Duration {
         let start = Instant::now();
-        let want = self.nodes.iter().filter(|n| n.control_plane).count();
+        let want = self
+            .names()
+            .iter()
+            .filter(|n| self.is_control_plane(n))
+            .count();
         loop {
             let (_, out) = self.etcdctl(name, "endpoint health");
             let healthy = out.lines().filter(|l| l.contains(" is healthy")).count();
@@ -365,144 +339,22 @@ impl TestCluster {
             .collect()
     }
 
-    /// The node that answers ARP for the VIP, if any.
-    pub fn vip_holder(&self) -> Option<String> {
-        let mac = self.lan.arp(&self.vip)?;
-        Some(
-            self.nodes
-                .iter()
-                .find(|n| n.mac == mac)
-                .map_or_else(|| format!("unknown MAC {mac}"), |n| n.name.clone()),
-        )
-    }
-
-    /// Waits until `name` has answered for the VIP for `settle` without a change (at boot
-    /// the first keepalived up holds it until a higher priority takes it); fails after
-    /// `timeout`. Returns when `name` began holding it.
-    pub fn wait_vip_on(&self, name: &str, settle: Duration, timeout: Duration) -> Instant {
-        let start = Instant::now();
-        let mut since: Option<Instant> = None;
-        loop {
-            let holder = self.vip_holder();
-            if holder.as_deref() == Some(name) {
-                let s = *since.get_or_insert_with(Instant::now);
-                if s.elapsed() >= settle {
-                    return s;
-                }
-            } else {
-                since = None;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "the VIP {} is not on {name} within {} s (holder: {holder:?}; logs in {})",
-                self.vip,
-                timeout.as_secs(),
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// Checks every running node's console for bad lines and failed units.
-    pub fn assert_consoles_clean(&self) {
-        for n in &self.nodes {
-            let Some(vm) = &n.vm else { continue };
-            let console = vm.console();
+    pub fn assert_consoles_clean(&mut self) {
+        for n in self.names() {
+            if !self.session.is_on(&n) {
+                continue;
+            }
+            let console = self.console(&n);
             let bad: Vec<&str> = console
                 .lines()
                 .filter(|l| super::bad_line(l) || l.contains("FAILED"))
                 .collect();
             assert!(
                 bad.is_empty(),
-                "{}: {bad:?} (log {})",
-                n.name,
-                vm.log.display()
+                "{n}: {bad:?} (log {})",
+                self.session.serial_log(&n).display()
             );
         }
-    }
-}
-
-/// Pings an address ten times a second from the segment, logging each reply with its
-/// time, to tell when it stopped and started answering again (kept as a log in the test's
-/// directory). Stopped on drop.
-pub struct PingWatch {
-    child: Child,
-    log: PathBuf,
-}
-
-impl PingWatch {
-    pub fn start(c: &TestCluster, ip: &str) -> PingWatch {
-        let log = c.dir.join(format!("ping-{ip}.log"));
-        let child = c
-            .lan
-            .command("ping")
-            .args(["-n", "-D", "-i", "0.1", ip])
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .unwrap();
-        PingWatch { child, log }
-    }
-
-    /// Times (seconds since the epoch) of the replies received so far.
-    fn replies(&self) -> Vec<f64> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-            .collect()
-    }
-
-    /// Waits until the address answers again after an outage that began after `since`
-    /// (a gap of over half a second between replies), and returns how long after `since`
-    /// the first reply after the gap came. (A reply from the old holder still in flight
-    /// at `since` is not taken for the new one's.)
-    pub fn answered_after(&self, since: SystemTime, timeout: Duration) -> Duration {
-        let t0 = since.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-        let start = Instant::now();
-        loop {
-            let replies = self.replies();
-            let mut last = replies.iter().copied().rfind(|&t| t <= t0);
-            for &t in replies.iter().filter(|&&t| t > t0) {
-                if last.is_none_or(|l| t - l > 0.5) {
-                    return Duration::from_secs_f64(t - t0);
-                }
-                last = Some(t);
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no ping reply within {} s (log {}, errors in {})",
-                timeout.as_secs(),
-                self.log.display(),
-                self.log.with_extension("err").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl PingWatch {
-    /// The longest time without a reply between `since` and now.
-    pub fn longest_gap_since(&self, since: SystemTime) -> Duration {
-        let t0 = since.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        let mut last = t0;
-        let mut gap: f64 = 0.0;
-        for t in self.replies().into_iter().filter(|&t| t > t0) {
-            gap = gap.max(t - last);
-            last = t;
-        }
-        Duration::from_secs_f64(gap.max(now - last))
-    }
-}
-
-impl Drop for PingWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

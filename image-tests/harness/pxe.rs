@@ -1,16 +1,13 @@
 //! The provisioning side of a private segment, for the network-install tests: BusyBox's
 //! udhcpd giving out addresses (the network's own DHCP server), dnsmasq running a build's
 //! `pxe/dnsmasq.conf.example` as shipped (proxy-DHCP and TFTP; its two blanks filled in),
-//! and `slipway serve` on the build. All three run in the [`Lan`]'s namespace, at
-//! [`SERVER`], and are killed when the [`Provisioning`] is dropped.
+//! and `slipway serve` on the build. All three run in the [`Segment`]'s namespace, at
+//! its host address, and are killed when the [`Provisioning`] is dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use super::Lan;
-
-/// The provisioning server's address on the segment (the test's own address).
-pub const SERVER: &str = "192.168.1.5";
+use super::Segment;
 
 /// A child process killed when dropped, however the test ends.
 struct Guard(Child);
@@ -31,14 +28,15 @@ pub struct Provisioning {
 impl Provisioning {
     /// Starts the DHCP server, dnsmasq and `slipway serve OUT` (with `--keep-state` for
     /// each of `keep_state`), logging into `dir`.
-    pub fn start(lan: &Lan, out: &Path, dir: &Path, keep_state: &[&str]) -> Provisioning {
+    pub fn start(lan: &Segment, out: &Path, dir: &Path, keep_state: &[&str]) -> Provisioning {
+        let server = lan.host_ip().to_string();
         let mut children = Vec::new();
         let serve_log = dir.join("serve.log");
         let mut serve = lan.command(env!("CARGO_BIN_EXE_slipway"));
         serve
             .arg("serve")
             .arg(out)
-            .args(["--listen", &format!("{SERVER}:8080")]);
+            .args(["--listen", &format!("{server}:8080")]);
         for n in keep_state {
             serve.args(["--keep-state", n]);
         }
@@ -58,7 +56,7 @@ impl Provisioning {
             format!(
                 "start 192.168.1.150\nend 192.168.1.199\ninterface br0\n\
                  lease_file {}\npidfile {}\n\
-                 option subnet 255.255.255.0\noption router {SERVER}\noption lease 3600\n",
+                 option subnet 255.255.255.0\noption router {server}\noption lease 3600\n",
                 leases.display(),
                 dir.join("udhcpd.pid").display()
             ),
@@ -78,14 +76,16 @@ impl Provisioning {
         let conf = std::fs::read_to_string(out.join("pxe/dnsmasq.conf.example"))
             .unwrap()
             .replace("INTERFACE", "br0")
-            .replace("SERVER", SERVER)
+            .replace("SERVER", &server)
             + "user=root\n";
         let conf_path = dir.join("dnsmasq.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let dnsmasq_log = dir.join("dnsmasq.log");
         children.push(Guard(
             lan.command("dnsmasq")
-                .arg("--keep-in-foreground")
+                // Debug mode: in the foreground and no change of user or group (a user
+                // namespace maps neither dnsmasq's "dip" group nor setgroups).
+                .arg("--no-daemon")
                 .arg(format!("--conf-file={}", conf_path.display()))
                 .arg(format!("--log-facility={}", dnsmasq_log.display()))
                 .arg("--pid-file")

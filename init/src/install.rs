@@ -113,6 +113,9 @@ pub fn run(inst: &Install, roothash: &[u8], medium: Option<&Path>) -> Result<(),
     let config = fetch_config(&agent, &inst.config)?;
     let cfg = crate::ignition::parse(&config).map_err(|e| format!("{}: {e}", inst.config))?;
     crate::ignition::plan(&cfg).map_err(|e| format!("{}: {e}", inst.config))?;
+    // The new partition table draws random GUIDs (and the installed system's first boot
+    // needs the pool too): seeded from the config where nothing else filled it.
+    crate::entropy::ensure(Some(&config));
     step(&format!(
         "install: Ignition config from {} checked ({} bytes)",
         inst.config,

@@ -11,6 +11,7 @@
 
 mod cmdline;
 mod disk;
+mod entropy;
 mod firstboot;
 mod ignition;
 mod install;
@@ -116,6 +117,12 @@ fn run() -> Result<(), String> {
 
     root::mount_root(&mapped, SYSROOT)?;
     step(&format!("root mounted read-only at {SYSROOT}"));
+    // Making the state partition draws random GUIDs, and systemd and ssh need the pool
+    // after: seeded from the node's config where nothing else filled it.
+    if !entropy::ready() {
+        let config = firstboot::find_config(disk::esp_of(data_dev).as_deref());
+        entropy::ensure(config.as_ref().map(|(c, _)| c.as_slice()));
+    }
     let state = state::setup(data_dev, SYSROOT)?;
     root::writable_layers(SYSROOT, &state.dir)?;
     step(&format!(

@@ -107,8 +107,8 @@ fn volatile() -> Result<State, String> {
 
 /// Writes a new GPT spanning the whole device (`sectors` long) with `parts`: protective
 /// MBR, primary and backup headers, both partition arrays. (The gpt crate draws a random
-/// GUID while building headers, so this waits for the kernel's random pool: RDRAND on
-/// real x86 machines, virtio-rng in VMs.)
+/// GUID while building headers, so this needs the kernel's random pool: the callers make
+/// sure of it first, [`crate::entropy::ensure`].)
 pub fn rewrite_gpt(
     mut file: std::fs::File,
     sectors: u64,

@@ -5,6 +5,13 @@
 //! previous one was cut off), is hashed while it is written, and is renamed into place
 //! only when size and hash match. A cached blob is hashed again before use; one that no
 //! longer matches (tampered, truncated) is removed and fetched again, never used.
+//!
+//! One cache serves many at once: the threads of a build (its roles share packages),
+//! a `slipway fetch` beside a `slipway build`, CI jobs on one volume. Each partial file
+//! is locked (flock, released by the kernel however its holder dies) while it is
+//! written, so a blob is downloaded once while the others wait and then find it; other
+//! cached files (release binaries, manifests) are written under unique temporary names
+//! and renamed, so two writers of the same bytes are harmless ([`crate::fsutil`]).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -67,6 +74,7 @@ impl Cache {
             .timeout_recv_body(Some(Duration::from_secs(60)))
             .build()
             .into();
+        tidy(dir);
         Cache {
             dir: dir.to_owned(),
             agent,
@@ -83,9 +91,13 @@ impl Cache {
         match hash_file(&path) {
             Ok((size, got)) if size == want.size && got == want.sha256 => Ok(Some(path)),
             Ok(_) => {
-                // Tampered or truncated: never used, fetched again.
-                fs::remove_file(&path).map_err(io_err("removing", &path))?;
-                Ok(None)
+                // Tampered or truncated: never used, fetched again. (Another thread or
+                // process may have removed it first.)
+                match fs::remove_file(&path) {
+                    Ok(()) => Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err("removing", &path)(e)),
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("reading", &path)(e)),
@@ -166,36 +178,77 @@ impl Cache {
         retrying(|| self.download(want, bar, authorization))
     }
 
+    /// Downloads one blob into `partial/HEX` and renames it to `sha256/HEX` when its size
+    /// and hash match. The partial file is locked (flock) while it is written, so threads
+    /// and processes sharing the cache take turns: whoever waited finds the blob in place
+    /// and downloads nothing. A download cut off (or a writer killed) leaves the partial
+    /// file to be resumed; `sha256/` only ever receives whole, verified blobs by rename.
     fn download(
         &self,
         want: &Want,
         bar: &ProgressBar,
         authorization: Option<&str>,
     ) -> Result<(), FetchError> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
         let partial_dir = self.dir.join("partial");
         let blob_dir = self.dir.join("sha256");
         for d in [&partial_dir, &blob_dir] {
             fs::create_dir_all(d).map_err(io_err("creating", d))?;
         }
         let partial = partial_dir.join(&want.sha256);
+        let mut f = loop {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&partial)
+                .map_err(io_err("opening", &partial))?;
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| io_err("locking", &partial)(e.into()))?;
+            // Still the file at that name (not one renamed into sha256/ meanwhile)?
+            let held = f.metadata().map_err(io_err("reading", &partial))?;
+            let current = match fs::metadata(&partial) {
+                Ok(m) => m.ino() == held.ino() && m.dev() == held.dev(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io_err("reading", &partial)(e)),
+            };
+            // Whoever held the lock before may have finished it; then what this open
+            // created (or found left over) is nobody's download any more.
+            if self.verified(want)?.is_some() {
+                if current {
+                    let _ = fs::remove_file(&partial);
+                }
+                return Ok(());
+            }
+            if current {
+                break f;
+            }
+        };
         // Resume: hash what is already there, ask for the rest.
         let mut hasher = Sha256::new();
         let mut have = 0u64;
-        if let Ok(mut f) = fs::File::open(&partial) {
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = f.read(&mut buf).map_err(io_err("reading", &partial))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                have += n as u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).map_err(io_err("reading", &partial))?;
+            if n == 0 {
+                break;
             }
+            hasher.update(&buf[..n]);
+            have += n as u64;
         }
+        let restart =
+            |f: &mut fs::File, hasher: &mut Sha256, have: &mut u64| -> Result<(), FetchError> {
+                f.set_len(0).map_err(io_err("truncating", &partial))?;
+                f.seek(SeekFrom::Start(0))
+                    .map_err(io_err("truncating", &partial))?;
+                *hasher = Sha256::new();
+                *have = 0;
+                Ok(())
+            };
         if have > want.size {
-            fs::remove_file(&partial).map_err(io_err("removing", &partial))?;
-            hasher = Sha256::new();
-            have = 0;
+            restart(&mut f, &mut hasher, &mut have)?;
         }
         let mut req = self.agent.get(&want.url);
         if let Some(a) = authorization {
@@ -207,18 +260,10 @@ impl Cache {
         let mut resp = req.call().map_err(|e| classify(&want.url, e))?;
         if have > 0 && resp.status() != 206 {
             // The server ignored the range: start over.
-            hasher = Sha256::new();
-            have = 0;
-            let _ = fs::remove_file(&partial);
+            restart(&mut f, &mut hasher, &mut have)?;
         }
         bar.inc(have);
-        let mut out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&partial)
-            .map_err(io_err("writing", &partial))?;
         let mut body = resp.body_mut().with_config().limit(want.size + 1).reader();
-        let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = body.read(&mut buf).map_err(|e| FetchError::Network {
                 url: want.url.clone(),
@@ -227,14 +272,13 @@ impl Cache {
             if n == 0 {
                 break;
             }
-            out.write_all(&buf[..n])
+            f.write_all(&buf[..n])
                 .map_err(io_err("writing", &partial))?;
             hasher.update(&buf[..n]);
             have += n as u64;
             bar.inc(n as u64);
         }
-        out.sync_all().map_err(io_err("writing", &partial))?;
-        drop(out);
+        f.sync_all().map_err(io_err("writing", &partial))?;
         if have != want.size {
             if have > want.size {
                 let _ = fs::remove_file(&partial);
@@ -255,7 +299,28 @@ impl Cache {
             });
         }
         let dest = self.blob_path(&want.sha256);
+        // Renamed while still locked: a waiter then sees its file gone from `partial/`.
         fs::rename(&partial, &dest).map_err(io_err("renaming", &dest))
+    }
+}
+
+/// How old a temporary file must be before a writer that holds no lock on it counts as
+/// dead ([`crate::fsutil::remove_stale`]).
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes, once per process and cache, the temporary files and directories that killed
+/// writers left in the cache's directories (never a live writer's; never `partial/`,
+/// whose files are resumed).
+fn tidy(dir: &Path) {
+    static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let Ok(mut done) = DONE.lock() else { return };
+    if done.iter().any(|d| d == dir) {
+        return;
+    }
+    done.push(dir.to_owned());
+    for sub in ["sha256", "sha512", "depmod", "hwdb", "deb-zstd"] {
+        // Best effort: a cache that cannot be tidied still works.
+        let _ = crate::fsutil::remove_stale(&dir.join(sub), STALE_AFTER);
     }
 }
 
@@ -391,6 +456,68 @@ mod tests {
             "{e}"
         );
         assert_eq!(*count.lock().unwrap(), ATTEMPTS as usize);
+    }
+
+    #[test]
+    fn caches_sharing_a_directory_fetch_each_blob_once() {
+        let bodies: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 200_000 + i as usize]).collect();
+        let files = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("/blob{i}"), b.clone()))
+            .collect();
+        let (base, count) = crate::testserver::serve(0, files);
+        let wants: Vec<Want> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Want {
+                url: format!("{base}/blob{i}"),
+                size: b.len() as u64,
+                sha256: hex::encode(Sha256::digest(b)),
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Four builds at once (threads here; processes lock the same way), each with its
+        // own Cache over one directory.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let paths = Cache::new(dir.path()).ensure_all(&wants, "test").unwrap();
+                    for (p, b) in paths.iter().zip(&bodies) {
+                        assert!(fs::read(p).unwrap() == *b);
+                    }
+                });
+            }
+        });
+        assert_eq!(*count.lock().unwrap(), 3, "each blob downloaded once");
+        assert_eq!(fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("sha256")).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_cut_off_download_leaves_a_partial_that_is_resumed() {
+        let body = vec![7u8; 100_000];
+        let want = Want {
+            url: String::new(),
+            size: body.len() as u64,
+            sha256: hex::encode(Sha256::digest(&body)),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // What a killed download leaves: the first part, in partial/, nothing in sha256/.
+        fs::create_dir_all(dir.path().join("partial")).unwrap();
+        fs::write(
+            dir.path().join("partial").join(&want.sha256),
+            &body[..40_000],
+        )
+        .unwrap();
+        let cache = Cache::new(dir.path());
+        assert!(cache.verified(&want).unwrap().is_none());
+        // A server that ignores ranges: the partial is started over, not appended to.
+        let (url, count) = flaky(0, Box::leak(body.clone().into_boxed_slice()));
+        let paths = cache.ensure_all(&[Want { url, ..want }], "test").unwrap();
+        assert!(fs::read(&paths[0]).unwrap() == body);
+        assert_eq!(*count.lock().unwrap(), 1);
+        assert_eq!(fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!
 //! The node makes its state partition in the free space after these on first boot.
 
+use std::borrow::Cow;
 use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -43,6 +46,7 @@ pub struct RoleDisk {
     pub initramfs_modules: Vec<String>,
     pub initramfs_size: u64,
     pub uki: Vec<u8>,
+    pub uki_sha256: [u8; 32],
     /// The same kernel and initramfs with [`installer_cmdline`]: what install media boot.
     pub installer_uki: Vec<u8>,
     /// The kernel and initramfs inside the UKI, also booted on their own by iPXE (PXE
@@ -162,6 +166,7 @@ impl RoleDisk {
             cmdline,
             initramfs_modules: names,
             initramfs_size: initrd.len() as u64,
+            uki_sha256: Sha256::digest(&uki).into(),
             uki,
             installer_uki,
             kernel: parts.kernel.clone(),
@@ -174,35 +179,79 @@ impl RoleDisk {
         })
     }
 
-    /// The ESP's files: the UKI at both paths and, for a node, its config.
-    pub fn esp_files(&self, node_config: Option<&[u8]>) -> Vec<(String, Vec<u8>)> {
-        let mut files: Vec<(String, Vec<u8>)> = UKI_PATHS
-            .iter()
-            .map(|p| (p.to_string(), self.uki.clone()))
-            .collect();
-        if let Some(c) = node_config {
-            files.push((NODE_CONFIG.to_string(), c.to_vec()));
+    /// The ESP image for a node (`Some(config)`) or the role image (`None`), and its id
+    /// ([`esp_id`]).
+    pub fn esp(&self, node_config: Option<&[u8]>) -> Result<(Vec<u8>, [u8; 32]), String> {
+        build_esp(self.esp_size, &self.uki, &self.uki_sha256, node_config)
+    }
+
+    /// The disk's geometry and identity, without its bytes.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            esp_size: self.esp_size,
+            root_slot: self.root_slot,
+            hash_slot: self.hash_slot,
+            root_hash: self.verity.root_hash_hex(),
         }
-        files
     }
 
-    /// The ESP image for a node (`Some(config)`) or the role image (`None`).
-    pub fn esp(&self, node_config: Option<&[u8]>) -> Result<Vec<u8>, String> {
-        esp::build(self.esp_size, "SLIPWAY", &self.esp_files(node_config))
-            .map_err(|e| format!("building the ESP: {e}"))
+    /// The whole disk with `esp` (of id `esp_id`) as its ESP; `identity` names the disk
+    /// (the role or the node) and seeds its GUID.
+    pub fn image<'a>(
+        &'a self,
+        esp: &'a [u8],
+        esp_id: &[u8; 32],
+        identity: &str,
+    ) -> Result<DiskImage<'a>, String> {
+        self.layout()
+            .image(esp, esp_id, &self.root, &self.verity.hash_device, identity)
     }
 
-    /// The partitions of a disk with `esp` as its ESP; `identity` names the disk (the role
-    /// or the node) and seeds the disk and ESP GUIDs.
-    pub fn parts<'a>(&'a self, esp: &'a [u8]) -> Vec<Part<'a>> {
-        let (root_a, hash_a) = root_uuids(&self.verity.root_hash);
-        let b = derive(&[b"root-b", &self.verity.root_hash]);
-        let hb = derive(&[b"root-b-verity", &self.verity.root_hash]);
-        vec![
+    /// The disk's size in bytes.
+    pub fn disk_size(&self) -> u64 {
+        self.layout().disk_size()
+    }
+}
+
+/// A role disk's geometry and identity: what its partition table says, without the bytes
+/// (kept between builds, so that node disks can be made from a role disk written before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub esp_size: u64,
+    pub root_slot: u64,
+    pub hash_slot: u64,
+    /// The root's dm-verity root hash, hex: the root partitions' UUIDs and every derived
+    /// GUID come from it.
+    pub root_hash: String,
+}
+
+impl Layout {
+    fn root_hash_bytes(&self) -> Result<[u8; 32], String> {
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&self.root_hash, &mut h)
+            .map_err(|e| format!("root hash {:?}: {e}", self.root_hash))?;
+        Ok(h)
+    }
+
+    /// The partitions of a disk with `esp` as its ESP and `root`/`hash` (or nothing) in
+    /// the A slot.
+    pub fn parts<'a>(
+        &self,
+        esp: &'a [u8],
+        esp_id: &[u8; 32],
+        root: Option<&'a [u8]>,
+        hash: Option<&'a [u8]>,
+    ) -> Result<Vec<Part<'a>>, String> {
+        let rh = self.root_hash_bytes()?;
+        let (root_a, hash_a) = root_uuids(&rh);
+        let b = derive(&[b"root-b", &rh]);
+        let hb = derive(&[b"root-b-verity", &rh]);
+        Ok(vec![
             Part {
                 name: "esp",
                 type_guid: types::ESP,
-                uuid: derive(&[b"esp", &Sha256::digest(esp)]),
+                uuid: derive(&[b"esp", esp_id]),
                 size: self.esp_size,
                 contents: Some(esp),
                 attributes: 0,
@@ -212,7 +261,7 @@ impl RoleDisk {
                 type_guid: types::ROOT_X86_64,
                 uuid: root_a,
                 size: self.root_slot,
-                contents: Some(&self.root),
+                contents: root,
                 attributes: ATTR_READ_ONLY,
             },
             Part {
@@ -220,7 +269,7 @@ impl RoleDisk {
                 type_guid: types::ROOT_VERITY_X86_64,
                 uuid: hash_a,
                 size: self.hash_slot,
-                contents: Some(&self.verity.hash_device),
+                contents: hash,
                 attributes: ATTR_READ_ONLY,
             },
             Part {
@@ -239,19 +288,203 @@ impl RoleDisk {
                 contents: None,
                 attributes: ATTR_READ_ONLY | ATTR_NO_AUTO,
             },
-        ]
+        ])
     }
 
     /// The disk GUID of the role image (`identity` = role name) or a node's disk (node
     /// name): distinct per disk, stable across builds.
-    pub fn disk_guid(&self, identity: &str) -> Uuid {
-        derive(&[b"disk", identity.as_bytes(), &self.verity.root_hash])
+    pub fn disk_guid(&self, identity: &str) -> Result<Uuid, String> {
+        Ok(derive(&[
+            b"disk",
+            identity.as_bytes(),
+            &self.root_hash_bytes()?,
+        ]))
     }
 
-    /// The whole disk, in memory (tests; the builder streams to a file instead).
     pub fn disk_size(&self) -> u64 {
-        gpt::disk_size(&self.parts(&[]))
+        gpt::disk_size(&self.sizes())
     }
+
+    /// Parts with sizes only, for arithmetic.
+    fn sizes(&self) -> Vec<Part<'static>> {
+        [
+            self.esp_size,
+            self.root_slot,
+            self.hash_slot,
+            self.root_slot,
+            self.hash_slot,
+        ]
+        .into_iter()
+        .map(|size| Part {
+            name: "",
+            type_guid: types::ESP,
+            uuid: Uuid::nil(),
+            size,
+            contents: None,
+            attributes: 0,
+        })
+        .collect()
+    }
+
+    /// Where the ESP lies on the disk: (first byte, length of its slot).
+    pub fn esp_range(&self) -> (u64, u64) {
+        (ALIGN, self.esp_size.div_ceil(ALIGN) * ALIGN)
+    }
+
+    /// The disk with `esp` as its ESP and `root`, `hash` in the A slot (borrowed), the
+    /// partition tables planned for `identity`.
+    pub fn image<'a>(
+        &self,
+        esp: &'a [u8],
+        esp_id: &[u8; 32],
+        root: &'a [u8],
+        hash: &'a [u8],
+        identity: &str,
+    ) -> Result<DiskImage<'a>, String> {
+        let size = self.disk_size();
+        // The tables alone, on a device that keeps only what is written.
+        let tables_only: Vec<Part<'_>> = self
+            .parts(esp, esp_id, None, None)?
+            .into_iter()
+            .map(|p| Part {
+                contents: None,
+                ..p
+            })
+            .collect();
+        let (dev, placed) = gpt::write(
+            gpt::SparseDevice::new(size),
+            size,
+            self.disk_guid(identity)?,
+            &tables_only,
+        )?;
+        let mut extents: Vec<(u64, Cow<'a, [u8]>)> = dev
+            .extents()
+            .into_iter()
+            .map(|(at, b)| (at, Cow::Owned(b)))
+            .collect();
+        for (bytes, at) in [esp, root, hash].into_iter().zip(&placed) {
+            extents.push((at.first_lba * gpt::SECTOR, Cow::Borrowed(bytes)));
+        }
+        extents.sort_by_key(|(at, _)| *at);
+        DiskImage::new(size, extents)
+    }
+}
+
+/// A disk as the extents that hold data, zeros everywhere else: what the writers plan
+/// and `slipway build` writes sparse, hashes and compresses without laying the whole
+/// disk out in memory.
+pub struct DiskImage<'a> {
+    pub size: u64,
+    /// Sorted, not overlapping, inside the disk.
+    pub extents: Vec<(u64, Cow<'a, [u8]>)>,
+}
+
+impl<'a> DiskImage<'a> {
+    pub fn new(size: u64, extents: Vec<(u64, Cow<'a, [u8]>)>) -> Result<DiskImage<'a>, String> {
+        let mut end = 0;
+        for (at, b) in &extents {
+            if *at < end || at + b.len() as u64 > size {
+                return Err(format!(
+                    "disk plan: an extent at {at} (+{}) overlaps another or runs past the disk's {size} bytes",
+                    b.len()
+                ));
+            }
+            end = at + b.len() as u64;
+        }
+        Ok(DiskImage { size, extents })
+    }
+
+    /// Feeds the whole disk, zeros included, to `sink` in order.
+    pub fn stream(
+        &self,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        let mut pos = 0;
+        let gaps = self
+            .extents
+            .iter()
+            .map(|(at, b)| (*at, Some(&b[..])))
+            .chain(std::iter::once((self.size, None)));
+        for (at, bytes) in gaps {
+            let mut gap = at - pos;
+            while gap > 0 {
+                let k = gap.min(ZEROS.len() as u64);
+                sink(&ZEROS[..k as usize])?;
+                gap -= k;
+            }
+            if let Some(b) = bytes {
+                sink(b)?;
+                pos = at + b.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// The SHA-256 of the whole disk, hex.
+    pub fn sha256(&self) -> String {
+        let mut h = Sha256::new();
+        let _ = self.stream(|b| {
+            h.update(b);
+            Ok(())
+        });
+        hex::encode(h.finalize())
+    }
+
+    /// The chunks worth writing to a file that reads as zeros: every 64 KiB piece of an
+    /// extent that is not all zeros, as (offset, bytes).
+    pub fn data_chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        const CHUNK: usize = 64 << 10;
+        self.extents.iter().flat_map(|(at, b)| {
+            b.chunks(CHUNK)
+                .enumerate()
+                .filter(|(_, c)| !is_zero(c))
+                .map(move |(i, c)| (at + (i * CHUNK) as u64, c))
+        })
+    }
+}
+
+/// What names an ESP's contents: a digest of its UKI's SHA-256 and the node's config
+/// (the ESP's bytes are a function of these and its size). Its first bytes are the FAT
+/// volume id and it seeds the partition's UUID, so that neither needs the ESP's
+/// hundreds of MiB hashed.
+pub fn esp_id(uki_sha256: &[u8; 32], node_config: Option<&[u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"slipway-esp-v1\0");
+    h.update(uki_sha256);
+    match node_config {
+        Some(c) => {
+            h.update([1]);
+            h.update(c);
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
+}
+
+/// The ESP of `esp_size` bytes with `uki` (whose SHA-256 is `uki_sha256`) at both
+/// [`UKI_PATHS`] and, for a node, its config at [`NODE_CONFIG`]; and its [`esp_id`].
+pub fn build_esp(
+    esp_size: u64,
+    uki: &[u8],
+    uki_sha256: &[u8; 32],
+    node_config: Option<&[u8]>,
+) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let id = esp_id(uki_sha256, node_config);
+    let mut files: Vec<(&str, &[u8])> = UKI_PATHS.iter().map(|p| (*p, uki)).collect();
+    if let Some(c) = node_config {
+        files.push((NODE_CONFIG, c));
+    }
+    let volume_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+    let bytes = esp::build_with_volume_id(esp_size, "SLIPWAY", &files, volume_id)
+        .map_err(|e| format!("building the ESP: {e}"))?;
+    Ok((bytes, id))
+}
+
+/// Whether `b` is all zeros, a word at a time.
+pub fn is_zero(b: &[u8]) -> bool {
+    let (words, rest) = b.as_chunks::<16>();
+    words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && rest.iter().all(|&x| x == 0)
 }
 
 /// The root and hash partition UUIDs: the root hash's first and last 128 bits (the
@@ -280,6 +513,56 @@ fn derive(parts: &[&[u8]]) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planned_image_equals_the_disk_laid_out_in_memory() {
+        let esp = vec![0x11u8; 3 << 20];
+        let root = vec![0x22u8; 5 << 20];
+        let hash = vec![0x33u8; 1 << 20];
+        let layout = Layout {
+            esp_size: 4 << 20,
+            root_slot: 8 << 20,
+            hash_slot: 1 << 20,
+            root_hash: "ab".repeat(32),
+        };
+        let id = [5u8; 32];
+        let image = layout.image(&esp, &id, &root, &hash, "node1").unwrap();
+        let mut planned = Vec::new();
+        image
+            .stream(|b| {
+                planned.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        let size = layout.disk_size();
+        let parts = layout.parts(&esp, &id, Some(&root), Some(&hash)).unwrap();
+        let (full, placed) = gpt::write(
+            Cursor::new(vec![0u8; size as usize]),
+            size,
+            layout.disk_guid("node1").unwrap(),
+            &parts,
+        )
+        .unwrap();
+        let full = full.into_inner();
+        assert!(
+            planned == full,
+            "the planned disk differs from the laid-out one"
+        );
+        assert_eq!(image.sha256(), hex::encode(Sha256::digest(&full)));
+        let (esp_at, esp_len) = layout.esp_range();
+        assert_eq!(esp_at, placed[0].first_lba * gpt::SECTOR);
+        assert_eq!(
+            esp_len,
+            (placed[0].last_lba + 1 - placed[0].first_lba) * gpt::SECTOR
+        );
+        // Written sparse: the chunks with data, and only them.
+        let mut sparse = vec![0u8; size as usize];
+        for (at, c) in image.data_chunks() {
+            assert!(c.iter().any(|&b| b != 0));
+            sparse[at as usize..at as usize + c.len()].copy_from_slice(c);
+        }
+        assert!(sparse == full);
+    }
 
     #[test]
     fn hash_sizes() {

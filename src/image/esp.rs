@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 /// is sized to hold a UKI (kernel + initramfs, tens of MiB) and room to grow.
 pub const MIN_SIZE: u64 = 64 << 20;
 
-/// Builds a FAT32 image of `size` bytes holding `files` ("EFI/BOOT/BOOTX64.EFI", bytes).
+/// Builds a FAT32 image of `size` bytes holding `files` ("EFI/BOOT/BOOTX64.EFI", bytes),
+/// its volume id derived from the files.
 pub fn build(size: u64, label: &str, files: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
     let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -22,6 +23,23 @@ pub fn build(size: u64, label: &str, files: &[(String, Vec<u8>)]) -> std::io::Re
     }
     let d = h.finalize();
     let volume_id = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+    let borrowed: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    build_with_volume_id(size, label, &borrowed, volume_id)
+}
+
+/// [`build`] with the volume id given (a caller that knows a digest of the files already
+/// need not hash them again).
+pub fn build_with_volume_id(
+    size: u64,
+    label: &str,
+    files: &[(&str, &[u8])],
+    volume_id: u32,
+) -> std::io::Result<Vec<u8>> {
+    let mut sorted: Vec<&(&str, &[u8])> = files.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut name = [b' '; 11];
     for (i, c) in label.bytes().take(11).enumerate() {
         name[i] = c.to_ascii_uppercase();

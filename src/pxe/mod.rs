@@ -20,7 +20,8 @@ use std::fmt::Write as _;
 use crate::cluster::{Cluster, Node};
 
 /// What a role's install needs from its build: the image's identity and size.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoleInstall {
     pub role: String,
     /// dm-verity root hash (hex): slipway-init checks the written disk against it.

@@ -67,19 +67,19 @@ fn one(tree: &mut Tree, release: &str, cache: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes depmod's output into the cache directory `dir` atomically (staged, renamed).
-fn store(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
+/// Writes depmod's output into the cache directory `dir` atomically (staged under a
+/// locked temporary name, renamed).
+pub(crate) fn store(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
     let parent = dir.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let staged = tempfile::tempdir_in(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let staged = crate::fsutil::TempDir::beside(dir, 0o755)
+        .map_err(|e| format!("{}: {e}", parent.display()))?;
     for (name, bytes) in files {
         let p = staged.path().join(name);
         std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    let staged = staged.keep();
-    if let Err(e) = std::fs::rename(&staged, dir) {
-        let _ = std::fs::remove_dir_all(&staged);
-        // Another build stored the same key first: fine.
+    if let Err(e) = staged.persist(dir) {
+        // Another build stored the same key first: fine (the staged copy is removed).
         if !dir.is_dir() {
             return Err(format!("{}: {e}", dir.display()));
         }

@@ -144,8 +144,18 @@ pub fn kubernetes_pinned() -> bool {
     lock.kubernetes.contains_key(&model.kubernetes.tag)
 }
 
-/// Build options that work offline from the fixtures: locked, and a mirror on a closed
-/// loopback port, so a missing package fails instead of reaching out.
+/// Where the tests' builds look for the Kubernetes release when the test lock pins none
+/// (a build then tries to pin it): a directory that does not exist, so that the attempt
+/// fails at once, here, and never reaches out.
+pub fn no_release() -> PathBuf {
+    repo().join("target/no-kubernetes-release")
+}
+
+/// Build options that work offline from the fixtures: a mirror on a closed loopback
+/// port, so a missing package (or a stale lock entry) fails instead of reaching out, and
+/// the Kubernetes release looked for in [`no_release`] only. Not `--locked`: that
+/// refuses a lock without the cluster's Kubernetes release, which the test lock has only
+/// under `SLIPWAY_TEST_KUBERNETES=1`.
 pub fn offline_options() -> slipway::rootfs::Options {
     slipway::rootfs::Options {
         data: data(),
@@ -153,9 +163,9 @@ pub fn offline_options() -> slipway::rootfs::Options {
         lock_path: fixture("SLIPWAY_TEST_LOCK"),
         mirror: Some("http://127.0.0.1:9".into()),
         host_root: PathBuf::from("/nonexistent"),
-        locked: true,
+        locked: false,
         source_date_epoch: 1_764_000_000,
-        kube_artifacts: None,
+        kube_artifacts: Some(no_release()),
     }
 }
 
@@ -257,4 +267,27 @@ pub fn read_range(path: &Path, start: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
     f.read_exact(&mut buf).unwrap();
     buf
+}
+
+/// Every file under `dir` that a build lists (the hidden ones, its lock and its state for
+/// the next build, aside), with its SHA-256 as OpenSSL computes it: a judge independent
+/// of the build's own hashing.
+pub fn sha256s(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let files: Vec<PathBuf> = walk(dir)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().split('/').any(|c| c.starts_with('.')))
+        .collect();
+    let o = check(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-r"])
+            .current_dir(dir)
+            .args(&files),
+    );
+    stdout(&o)
+        .lines()
+        .map(|l| {
+            let (sum, path) = l.split_once(" *").unwrap();
+            (path.to_string(), sum.to_string())
+        })
+        .collect()
 }
