@@ -84,7 +84,7 @@ unit-test: deps init
 
 # The QEMU tests alone (also part of `make test`): image-tests/, one harness.
 image-test: deps init test-fixtures
-	$(CARGO) test --locked --test boot_node --test cluster --test pxe --test reimage --test iso --test vm -- --show-output
+	$(CARGO) test --locked --test boot_node --test cluster --test pxe --test iso --test vm -- --show-output
 
 bench: deps init test-fixtures
 	@scripts/install-deps.sh --bench

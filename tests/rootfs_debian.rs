@@ -343,6 +343,14 @@ const EXPLAINED: &[(&str, &str)] = &[
         "Slipway's start timeouts for slow machines (overlays/rootfs)",
     ),
     (
+        "^(usr/lib/systemd/system/sshd-keygen\\.service\\.d|etc/ssh/sshd_config\\.d/05-host-keys\\.conf$)",
+        "Slipway's host keys: Ed25519 and ECDSA made at first boot, no RSA (overlays/rootfs)",
+    ),
+    (
+        "^usr/lib/systemd/system-preset/99-slipway\\.preset$",
+        "Slipway's first-boot preset policy: nothing enabled that the image, systemd's presets or the node's config do not name (overlays/rootfs)",
+    ),
+    (
         "^usr/share/(man|doc)(/|$)",
         "documentation symlinks of alternatives",
     ),
