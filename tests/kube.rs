@@ -107,6 +107,18 @@ fn unsquash(out: &Path, role: &str, tmp: &Path, paths: &[&str]) -> PathBuf {
     x
 }
 
+/// kubelet and kubectl stand-ins published as v1.34.2 under `release`, each with its
+/// checksum file; returns the run's nonce (unique per run, so that nothing of another run
+/// is found in the shared cache) and the two files' bytes.
+fn publish_v1_34_2(release: &std::path::Path) -> (String, Vec<u8>, Vec<u8>) {
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    let kubelet = format!("#!/bin/sh\n# kubelet stand-in {nonce}\n").into_bytes();
+    let kubectl = format!("#!/bin/sh\n# kubectl stand-in {nonce}\n").into_bytes();
+    publish(release, "v1.34.2", "kubelet", &kubelet, &kubelet);
+    publish(release, "v1.34.2", "kubectl", &kubectl, &kubectl);
+    (nonce, kubelet, kubectl)
+}
+
 fn publish(dir: &std::path::Path, version: &str, name: &str, bytes: &[u8], sum_of: &[u8]) {
     let bin = dir.join(version).join("bin/linux/amd64");
     std::fs::create_dir_all(&bin).unwrap();
@@ -125,12 +137,7 @@ fn pinned_binaries_and_images_are_installed_and_other_bytes_refused() {
     let site = site(tmp.path(), &["v1.34.2", "v1.34.3"]);
     let host = format!("127.0.0.1:{}", site.reg.port);
     let release = tmp.path().join("release");
-    // Unique per run, so that nothing of another run is found in the shared cache.
-    let nonce = format!("{:?}", std::time::SystemTime::now());
-    let kubelet = format!("#!/bin/sh\n# kubelet stand-in {nonce}\n").into_bytes();
-    let kubectl = format!("#!/bin/sh\n# kubectl stand-in {nonce}\n").into_bytes();
-    publish(&release, "v1.34.2", "kubelet", &kubelet, &kubelet);
-    publish(&release, "v1.34.2", "kubectl", &kubectl, &kubectl);
+    let (nonce, kubelet, kubectl) = publish_v1_34_2(&release);
     // v1.34.3's kubelet is not what its checksum says.
     let published = format!("the real kubelet v1.34.3 {nonce}").into_bytes();
     publish(&release, "v1.34.3", "kubelet", b"tampered", &published);
@@ -411,11 +418,7 @@ fn a_build_pins_the_release_when_the_lock_has_none() {
     let tmp = tempfile::tempdir().unwrap();
     let site = site(tmp.path(), &["v1.34.2"]);
     let release = tmp.path().join("release");
-    let nonce = format!("{:?}", std::time::SystemTime::now());
-    let kubelet = format!("#!/bin/sh\n# kubelet stand-in {nonce}\n").into_bytes();
-    let kubectl = format!("#!/bin/sh\n# kubectl stand-in {nonce}\n").into_bytes();
-    publish(&release, "v1.34.2", "kubelet", &kubelet, &kubelet);
-    publish(&release, "v1.34.2", "kubectl", &kubectl, &kubectl);
+    let (_, kubelet, _) = publish_v1_34_2(&release);
     let server = common::http::Server::serve(release.clone());
     let with_release_url = |url: &str| {
         let base = site.data.join("profiles/base.toml");
