@@ -248,8 +248,7 @@ fn the_example_cluster_holds_its_vip_through_failures() {
     if !c.kubernetes {
         eprintln!("cluster: {SKIPPED_KUBE}");
     }
-    // The sandbox image runs under containerd and runc, and stops on SIGTERM; the root
-    // is the read-only squashfs through dm-verity.
+    // The sandbox image runs under containerd and runc, and stops on SIGTERM.
     let pause = &c.images[0].name;
     let (code, task) = c.ssh(
         "master1",
@@ -270,18 +269,29 @@ fn the_example_cluster_holds_its_vip_through_failures() {
         "{pause} did not run, or did not stop on SIGTERM: {task}"
     );
     // First boot enabled what the node's config names (nftables among them) and nothing
-    // that only Debian's enable-everything default would (99-slipway.preset).
+    // that only Debian's enable-everything default would (99-slipway.preset); the root
+    // is the read-only squashfs through dm-verity. (One SSH round trip a node.)
     for n in &names {
-        let (_, enabled) = c.ssh(
+        let (_, out) = c.ssh(
             n,
-            "systemctl is-enabled nftables.service; systemctl list-unit-files --state=enabled --no-legend",
+            "findmnt -no SOURCE,FSTYPE,OPTIONS /; systemctl is-enabled nftables.service; \
+             systemctl list-unit-files --state=enabled --no-legend",
         );
+        let mut lines = out.lines();
+        let root = lines.next().unwrap_or("");
         assert!(
-            enabled.starts_with("enabled"),
-            "{n}: nftables.service: {enabled}"
+            root.contains("squashfs")
+                && root.contains(" ro")
+                && (root.contains("/dev/mapper/root") || root.contains("/dev/dm-0")),
+            "{n}: root is not the read-only verity squashfs: {root}"
         );
-        let unwanted: Vec<&str> = enabled
-            .lines()
+        let enabled: Vec<&str> = lines.collect();
+        assert!(
+            enabled.first().is_some_and(|l| l.starts_with("enabled")),
+            "{n}: nftables.service: {enabled:?}"
+        );
+        let unwanted: Vec<&&str> = enabled
+            .iter()
             .filter(|l| {
                 [
                     "apt-daily",
@@ -298,15 +308,6 @@ fn the_example_cluster_holds_its_vip_through_failures() {
         assert!(
             unwanted.is_empty(),
             "{n}: enabled at first boot: {unwanted:?}"
-        );
-    }
-    for n in &names {
-        let (_, root) = c.ssh(n, "findmnt -no SOURCE,FSTYPE,OPTIONS /");
-        assert!(
-            root.contains("squashfs")
-                && root.contains(" ro")
-                && (root.contains("/dev/mapper/root") || root.contains("/dev/dm-0")),
-            "{n}: root is not the read-only verity squashfs: {root}"
         );
     }
     clock.step("containerd and the baked images, a pause container, the verity root");
