@@ -187,7 +187,7 @@ fn haproxy_accepts_config() {
 #[test]
 fn keepalived_accepts_config() {
     let (_tmp, out, _) = render(&example());
-    for (node, prio) in [("master1", 100), ("master2", 99), ("master3", 98)] {
+    for (node, prio) in [("master1", 100), ("master2", 90), ("master3", 80)] {
         let dir = node_files(&out, node).join("etc/keepalived");
         let script = format!(
             "set -e; ip link add lan0 type veth peer name lan0-peer; \
@@ -198,6 +198,10 @@ fn keepalived_accepts_config() {
         let text = std::fs::read_to_string(dir.join("keepalived.conf")).unwrap();
         assert!(text.contains(&format!("priority {prio}")), "{node}: {text}");
         assert!(text.contains("192.168.1.100/24 dev lan0"), "{text}");
+        assert!(
+            text.contains("vrrp_version 3") && text.contains("advert_int 0.2\n"),
+            "{text}"
+        );
         assert!(
             !text.contains(&format!("\t\t{}\n", out_ip(node))),
             "{node} lists itself as a peer"

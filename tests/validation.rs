@@ -35,8 +35,67 @@ fn example_is_valid() {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(c.nodes.len(), 4);
     let prios: Vec<_> = c.control_plane_nodes().map(|n| n.vrrp_priority).collect();
-    assert_eq!(prios, vec![Some(100), Some(99), Some(98)]);
+    assert_eq!(prios, vec![Some(100), Some(90), Some(80)]);
     assert_eq!(c.node("worker1").unwrap().vrrp_priority, None);
+}
+
+/// The seed's 100/99/98 at one advert a second is accepted; the spacing that would let
+/// two backups take the VIP at once, and timings that flap by design, are not.
+#[test]
+fn failover_timing_that_would_flap_is_refused() {
+    let with = |fields: &str| {
+        example_with(
+            "vrrp_router_id = 51",
+            &format!("vrrp_router_id = 51\n{fields}"),
+        )
+    };
+    let (c, _) = Cluster::parse(
+        Path::new(FILE),
+        &with("vrrp_priority_step = 1\nvrrp_advert_interval_ms = 1000"),
+    )
+    .unwrap();
+    let prios: Vec<_> = c.control_plane_nodes().map(|n| n.vrrp_priority).collect();
+    assert_eq!(prios, vec![Some(100), Some(99), Some(98)]);
+    assert_problem(
+        &with("vrrp_priority_step = 1"),
+        "control_plane.vrrp_priority_step",
+        &["0.8 ms apart", "both take the VIP", "at least 3"],
+    );
+    assert_problem(
+        &with("vrrp_advert_interval_ms = 50"),
+        "control_plane.vrrp_advert_interval_ms",
+        &["50 is not", "100..=40950", "stall"],
+    );
+    assert_problem(
+        &with("vrrp_advert_interval_ms = 255"),
+        "control_plane.vrrp_advert_interval_ms",
+        &["steps of 10"],
+    );
+    assert_problem(
+        &with("vrrp_priority_step = 0"),
+        "control_plane.vrrp_priority_step",
+        &["same priority"],
+    );
+    assert_problem(
+        &with("vrrp_priority_step = 50"),
+        "nodes[2].role",
+        &["too many control-plane nodes", "vrrp_priority_step = 50"],
+    );
+    assert_problem(
+        &with("api_check_fall = 1"),
+        "control_plane.api_check_fall",
+        &["1 is outside 2..=10", "single slow check"],
+    );
+    assert_problem(
+        &with("api_check_interval_ms = 50"),
+        "control_plane.api_check_interval_ms",
+        &["50 is outside"],
+    );
+    assert_problem(
+        &with("api_shutdown_delay_seconds = 1"),
+        "control_plane.api_shutdown_delay_seconds",
+        &["at least 1.5 s", "out of rotation"],
+    );
 }
 
 #[test]

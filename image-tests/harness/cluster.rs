@@ -358,3 +358,150 @@ impl TestCluster {
         }
     }
 }
+
+/// A client of the API's VIP from the test's address on the segment: every 50 ms a new
+/// TLS connection through the VIP asks `GET /readyz`; each attempt is logged as
+/// "EPOCH-SECONDS ok" (an HTTP 200 came back) or "EPOCH-SECONDS fail". Stopped when
+/// dropped.
+pub struct ClientLoop {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl ClientLoop {
+    pub fn start(c: &TestCluster, name: &str) -> ClientLoop {
+        let log = c.dir.join(format!("client-{name}.log"));
+        let target = format!("{}:{}", c.vip, c.session.api_port());
+        let script = format!(
+            "while :; do t=$(date +%s.%N); \
+             if printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' | timeout 3 openssl s_client -quiet -connect {target} 2>/dev/null | head -n 1 | grep -q ' 200 '; \
+             then echo \"$t ok\"; else echo \"$t fail\"; fi; sleep 0.05; done"
+        );
+        let child = c
+            .session
+            .segment
+            .command("bash")
+            .args(["-c", &script])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        ClientLoop { child, log }
+    }
+
+    /// (time, succeeded) of every attempt so far.
+    pub fn attempts(&self) -> Vec<(f64, bool)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (t, r) = l.split_once(' ')?;
+                Some((t.parse().ok()?, r == "ok"))
+            })
+            .collect()
+    }
+
+    /// Waits until `n` attempts in a row succeeded.
+    pub fn wait_ok(&self, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let a = self.attempts();
+            if a.len() >= n && a[a.len() - n..].iter().all(|(_, ok)| *ok) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {n} successful requests in a row through the VIP within {timeout:?} ({})",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestCluster {
+    /// VRRP state changes keepalived logged this boot on every control-plane node that is
+    /// on.
+    pub fn vrrp_transitions(&mut self) -> usize {
+        let mut n = 0;
+        for name in self.names() {
+            if !self.is_control_plane(&name) || !self.session.is_on(&name) {
+                continue;
+            }
+            let (_, out) = self.ssh(
+                &name,
+                "sudo journalctl -b -u keepalived -o cat | grep -c 'Entering [A-Z]* STATE' || true",
+            );
+            n += out.trim().parse::<usize>().unwrap_or(0);
+        }
+        n
+    }
+
+    /// Starts a stand-in for `name`'s kube-apiserver (the images carry none): a TLS server
+    /// on the node's address and the API port, with the API server's own certificate,
+    /// answering every request with 200 (HAProxy's `/readyz` check too). A transient unit
+    /// `standin-apiserver`, stopped after keepalived at shutdown (as kubelet's graceful
+    /// shutdown drains the real one while the node still holds the VIP), only its listener
+    /// signalled, so requests in flight finish.
+    pub fn start_standin(&self, name: &str) {
+        // The request is read to its blank line before the answer: closing with unread
+        // input would send a reset instead of the answer.
+        let reply = "#!/bin/sh\nwhile IFS= read -r l; do case \"$l\" in ''|\"$(printf '\\r')\") break;; esac; done\n\
+                     printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nok\\n'\n";
+        let serve = format!(
+            "#!/bin/sh\nexec socat OPENSSL-LISTEN:{port},bind={ip},reuseaddr,fork,cert=/etc/kubernetes/pki/apiserver.crt,key=/etc/kubernetes/pki/apiserver.key,verify=0 EXEC:/run/standin-reply\n",
+            port = self.session.api_port(),
+            ip = self.ip(name)
+        );
+        let (code, out) = self.ssh(
+            name,
+            &format!(
+                "printf '%s' {} | sudo tee /run/standin-reply >/dev/null && \
+                 printf '%s' {} | sudo tee /run/standin-serve >/dev/null && \
+                 sudo chmod 755 /run/standin-reply /run/standin-serve && \
+                 sudo systemd-run --unit=standin-apiserver --property=KillMode=process \
+                 --property=Before=keepalived.service /run/standin-serve",
+                quote(reply),
+                quote(&serve)
+            ),
+        );
+        assert_eq!(code, 0, "{name}: stand-in API server: {out}");
+    }
+}
+
+impl TestCluster {
+    /// Reboots `name` from inside (`systemctl reboot`: a graceful shutdown, the machine
+    /// stays on) and waits until its console says the new boot is running; returns the
+    /// time that took.
+    pub fn reboot(&mut self, name: &str) -> Duration {
+        let line = format!("slipway: {name} is running");
+        let before = self.console(name).matches(&line).count();
+        let start = Instant::now();
+        let _ = self.ssh(name, "sudo systemctl reboot");
+        loop {
+            let console = self.console(name);
+            if console.matches(&line).count() > before {
+                return start.elapsed();
+            }
+            let tail = console.rsplit(&line).next().unwrap_or("");
+            if let Some(bad) = tail
+                .lines()
+                .find(|l| super::bad_line(l) || l.contains(&format!("slipway: {name} is ")))
+            {
+                panic!("{name} after its reboot: {bad}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(900),
+                "{name}: not running again within 900 s of its reboot"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}

@@ -93,6 +93,32 @@ pub struct ControlPlaneSection {
     pub vrrp_router_id: u8,
     #[serde(default = "default_true")]
     pub run_workloads: bool,
+    #[serde(default = "default_advert_ms")]
+    pub vrrp_advert_interval_ms: u32,
+    #[serde(default = "default_priority_step")]
+    pub vrrp_priority_step: u8,
+    #[serde(default = "default_check_ms")]
+    pub api_check_interval_ms: u32,
+    #[serde(default = "default_check_fall")]
+    pub api_check_fall: u32,
+    #[serde(default = "default_shutdown_delay")]
+    pub api_shutdown_delay_seconds: u32,
+}
+
+fn default_advert_ms() -> u32 {
+    200
+}
+fn default_priority_step() -> u8 {
+    10
+}
+fn default_check_ms() -> u32 {
+    500
+}
+fn default_check_fall() -> u32 {
+    2
+}
+fn default_shutdown_delay() -> u32 {
+    5
 }
 
 fn default_port() -> u16 {

@@ -246,6 +246,16 @@ pub struct ControlPlane {
     pub port: u16,
     pub vrrp_router_id: u8,
     pub run_workloads: bool,
+    /// VRRPv3 advertisement interval (10 ms steps): the holder is taken for dead after
+    /// three missed ones plus a skew (docs/cluster.md).
+    pub vrrp_advert_interval_ms: u32,
+    /// HAProxy's health check of each kube-apiserver: every `api_check_interval_ms`,
+    /// out of rotation after `api_check_fall` failures in a row.
+    pub api_check_interval_ms: u32,
+    pub api_check_fall: u32,
+    /// kube-apiserver's `--shutdown-delay-duration`: /readyz fails this long before it
+    /// stops serving, so that every HAProxy has taken it out of rotation first.
+    pub api_shutdown_delay_seconds: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,7 +277,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub mac: Mac,
     pub install_disk: String,
-    /// VRRP priority for control-plane nodes: 100 for the first, then one less each.
+    /// VRRP priority for control-plane nodes: 100 for the first, then
+    /// `control_plane.vrrp_priority_step` less each.
     pub vrrp_priority: Option<u8>,
 }
 

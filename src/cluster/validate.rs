@@ -16,9 +16,15 @@ use super::{
 pub const KUBE_MINOR_MIN: u64 = 30;
 pub const KUBE_MINOR_MAX: u64 = 36;
 
-/// VRRP priority of the first control-plane node; each later one gets one less, so the
-/// order in the file is the failover order (keepalived priorities run 1..=254).
+/// VRRP priority of the first control-plane node; each later one gets
+/// `control_plane.vrrp_priority_step` less, so the order in the file is the failover
+/// order (keepalived priorities run 1..=254).
 pub const FIRST_VRRP_PRIORITY: u8 = 100;
+
+/// The least difference between two backups' takeover timers (skew = (256 - priority) x
+/// advert / 256) that keeps them from declaring the holder dead at once and both taking
+/// the VIP.
+const MIN_SKEW_GAP_US: u64 = 2_000;
 
 #[derive(Default)]
 struct Collector {
@@ -195,6 +201,7 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
     if cp.port == 0 {
         c.push("control_plane.port", "0 is not a port");
     }
+    check_failover(&mut c, cp);
 
     // [etcd]
     if !(1..=24).contains(&raw.etcd.snapshot_interval_hours) {
@@ -307,10 +314,17 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
                 if p.is_none() {
                     c.push(
                         field("role"),
-                        "too many control-plane nodes for VRRP priorities",
+                        format!(
+                            "too many control-plane nodes for VRRP priorities {FIRST_VRRP_PRIORITY}, {}, ... down to 1 \
+                             (control_plane.vrrp_priority_step = {})",
+                            FIRST_VRRP_PRIORITY.saturating_sub(cp.vrrp_priority_step),
+                            cp.vrrp_priority_step
+                        ),
                     );
                 }
-                next_priority = p.and_then(|p| p.checked_sub(1)).filter(|p| *p >= 1);
+                next_priority = p
+                    .and_then(|p| p.checked_sub(cp.vrrp_priority_step.max(1)))
+                    .filter(|p| *p >= 1);
                 p
             }
             Role::Worker => None,
@@ -378,6 +392,10 @@ pub fn validate(path: &Path, raw: ClusterFile) -> Result<(Cluster, Vec<String>),
             port: cp.port,
             vrrp_router_id: cp.vrrp_router_id,
             run_workloads: cp.run_workloads,
+            vrrp_advert_interval_ms: cp.vrrp_advert_interval_ms,
+            api_check_interval_ms: cp.api_check_interval_ms,
+            api_check_fall: cp.api_check_fall,
+            api_shutdown_delay_seconds: cp.api_shutdown_delay_seconds,
         },
         etcd: Etcd {
             snapshot_interval_hours: raw.etcd.snapshot_interval_hours,
@@ -525,6 +543,80 @@ fn check_ssh_key(key: &str) -> Result<(), String> {
         return Err("not an OpenSSH public key line (TYPE BASE64 [COMMENT])".into());
     }
     Ok(())
+}
+
+/// The VIP's and HAProxy's timing (docs/cluster.md): values that would move the VIP or
+/// drop API servers with nothing wrong, by design, are refused.
+fn check_failover(c: &mut Collector, cp: &super::file::ControlPlaneSection) {
+    let advert = cp.vrrp_advert_interval_ms;
+    if !(100..=40_950).contains(&advert) || advert % 10 != 0 {
+        c.push(
+            "control_plane.vrrp_advert_interval_ms",
+            format!(
+                "{advert} is not an advertisement interval Slipway runs: 100..=40950 in steps of 10 \
+                 (VRRPv3 counts centiseconds; under 100 ms the holder is taken for dead after \
+                 a stall of 0.3 s, which a busy node has, and the VIP moves for nothing)"
+            ),
+        );
+    } else if cp.vrrp_priority_step == 0 {
+        c.push(
+            "control_plane.vrrp_priority_step",
+            "0 gives every control-plane node the same priority: which one holds the VIP \
+             would be left to chance",
+        );
+    } else {
+        let gap_us = u64::from(cp.vrrp_priority_step) * u64::from(advert) * 1000 / 256;
+        if gap_us < MIN_SKEW_GAP_US {
+            c.push(
+                "control_plane.vrrp_priority_step",
+                format!(
+                    "{} with vrrp_advert_interval_ms = {advert}: two backups would declare a \
+                     dead holder dead {:.1} ms apart (step x interval / 256), so both take the VIP \
+                     at once; use a step of at least {} (or a longer interval)",
+                    cp.vrrp_priority_step,
+                    gap_us as f64 / 1000.0,
+                    (MIN_SKEW_GAP_US * 256).div_ceil(u64::from(advert) * 1000)
+                ),
+            );
+        }
+    }
+    let check = cp.api_check_interval_ms;
+    if !(100..=60_000).contains(&check) {
+        c.push(
+            "control_plane.api_check_interval_ms",
+            format!(
+                "{check} is outside 100..=60000 (each check is a TLS handshake with every API \
+                 server, from every control-plane node)"
+            ),
+        );
+    }
+    if !(2..=10).contains(&cp.api_check_fall) {
+        c.push(
+            "control_plane.api_check_fall",
+            format!(
+                "{} is outside 2..=10: with 1, a single slow check takes a healthy API \
+                 server out of rotation",
+                cp.api_check_fall
+            ),
+        );
+    }
+    // An API server shutting down must stay in service until every HAProxy has seen its
+    // /readyz fail: a check interval for the check in flight, then `fall` failures.
+    let detect_ms = u64::from(check) * u64::from(cp.api_check_fall + 1);
+    if u64::from(cp.api_shutdown_delay_seconds) * 1000 < detect_ms
+        || cp.api_shutdown_delay_seconds > 300
+    {
+        c.push(
+            "control_plane.api_shutdown_delay_seconds",
+            format!(
+                "{} s: must be at least {:.1} s, the time HAProxy takes to take a draining API \
+                 server out of rotation (api_check_interval_ms x (api_check_fall + 1)), and at \
+                 most 300",
+                cp.api_shutdown_delay_seconds,
+                detect_ms as f64 / 1000.0
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,11 @@ pub struct ClusterCtx<'a> {
     pub vip: String,
     pub api_port: u16,
     pub vrrp_router_id: u8,
+    /// keepalived's `advert_int`, in seconds ("0.2").
+    pub vrrp_advert_int: String,
+    pub api_check_interval_ms: u32,
+    pub api_check_fall: u32,
+    pub api_shutdown_delay_seconds: u32,
     pub run_workloads: bool,
     pub images: ImagesCtx,
     pub subnet: String,
@@ -118,6 +123,10 @@ impl<'a> Context<'a> {
             vip: cluster.control_plane.vip.to_string(),
             api_port: cluster.control_plane.port,
             vrrp_router_id: cluster.control_plane.vrrp_router_id,
+            vrrp_advert_int: seconds(cluster.control_plane.vrrp_advert_interval_ms),
+            api_check_interval_ms: cluster.control_plane.api_check_interval_ms,
+            api_check_fall: cluster.control_plane.api_check_fall,
+            api_shutdown_delay_seconds: cluster.control_plane.api_shutdown_delay_seconds,
             run_workloads: cluster.control_plane.run_workloads,
             images: ImagesCtx {
                 apiserver: cluster.images.component("kube-apiserver", v),
@@ -228,4 +237,10 @@ pub fn admin_kubeconfig(cluster: &Cluster, pki: &Pki) -> Kubeconfig {
         cert_data: leaf.map(|l| b64(&l.cert_pem)).unwrap_or_default(),
         key_data: leaf.map(|l| b64(&l.key_pem)).unwrap_or_default(),
     }
+}
+
+/// `ms` as seconds with no trailing zeros ("0.2", "1", "1.25").
+fn seconds(ms: u32) -> String {
+    let s = format!("{}.{:03}", ms / 1000, ms % 1000);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
