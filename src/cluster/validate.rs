@@ -549,7 +549,7 @@ fn check_ssh_key(key: &str) -> Result<(), String> {
 /// drop API servers with nothing wrong, by design, are refused.
 fn check_failover(c: &mut Collector, cp: &super::file::ControlPlaneSection) {
     let advert = cp.vrrp_advert_interval_ms;
-    if !(100..=40_950).contains(&advert) || advert % 10 != 0 {
+    if !(100..=40_950).contains(&advert) || !advert.is_multiple_of(10) {
         c.push(
             "control_plane.vrrp_advert_interval_ms",
             format!(
