@@ -44,9 +44,22 @@ impl TestCluster {
     /// its own, where `slipway vm` keeps it (OUT/.slipway/vm: the CLI's commands find it
     /// there), not waiting for them.
     pub fn up(name: &str, nodes: &[&str]) -> TestCluster {
+        TestCluster::up_with(name, nodes, "")
+    }
+
+    /// [`TestCluster::up`] with `control_plane` (TOML lines) added to the example's
+    /// `[control_plane]` table.
+    pub fn up_with(name: &str, nodes: &[&str], control_plane: &str) -> TestCluster {
         let dir = super::work_dir(name);
         let key = super::test_key(&dir);
         let cluster = super::example_with_key(&crate::common::example(), &key, &dir);
+        if !control_plane.is_empty() {
+            let text = std::fs::read_to_string(&cluster).unwrap();
+            let table = "[control_plane]\n";
+            let at = text.find(table).unwrap() + table.len();
+            let text = format!("{}{control_plane}\n{}", &text[..at], &text[at..]);
+            std::fs::write(&cluster, text).unwrap();
+        }
         let out = dir.join("out");
         let manifest = crate::common::build(&cluster, &dir.join("secrets"), &out, false);
         let session = ok(Session::up(
@@ -361,8 +374,8 @@ impl TestCluster {
 
 /// A client of the API's VIP from the test's address on the segment: every 50 ms a new
 /// TLS connection through the VIP asks `GET /readyz`; each attempt is logged as
-/// "EPOCH-SECONDS ok" (an HTTP 200 came back) or "EPOCH-SECONDS fail". Stopped when
-/// dropped.
+/// "EPOCH-SECONDS ok" (an HTTP 200 came back) or "EPOCH-SECONDS fail ENDED-AT WHAT"
+/// (openssl's error). Stopped when dropped.
 pub struct ClientLoop {
     child: std::process::Child,
     pub log: PathBuf,
@@ -372,10 +385,13 @@ impl ClientLoop {
     pub fn start(c: &TestCluster, name: &str) -> ClientLoop {
         let log = c.dir.join(format!("client-{name}.log"));
         let target = format!("{}:{}", c.vip, c.session.api_port());
+        // A failed attempt's line also says when it ended and what openssl said.
+        let err = c.dir.join(format!("client-{name}.err"));
         let script = format!(
             "while :; do t=$(date +%s.%N); \
-             if printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' | timeout 3 openssl s_client -quiet -connect {target} 2>/dev/null | head -n 1 | grep -q ' 200 '; \
-             then echo \"$t ok\"; else echo \"$t fail\"; fi; sleep 0.05; done"
+             if printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' | timeout 3 openssl s_client -quiet -connect {target} 2>{err} | head -n 1 | grep -q ' 200 '; \
+             then echo \"$t ok\"; else echo \"$t fail $(date +%s.%N) $(grep -v 'depth=\\|verify\\|servername' {err} | tr '\\n' ' ' | cut -c1-200)\"; fi; sleep 0.05; done",
+            err = err.display()
         );
         let child = c
             .session
@@ -395,8 +411,8 @@ impl ClientLoop {
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
-                let (t, r) = l.split_once(' ')?;
-                Some((t.parse().ok()?, r == "ok"))
+                let mut w = l.split(' ');
+                Some((w.next()?.parse().ok()?, w.next()? == "ok"))
             })
             .collect()
     }
@@ -444,32 +460,34 @@ impl TestCluster {
         n
     }
 
-    /// Starts a stand-in for `name`'s kube-apiserver (the images carry none): a TLS server
-    /// on the node's address and the API port, with the API server's own certificate,
-    /// answering every request with 200 (HAProxy's `/readyz` check too). A transient unit
+    /// Starts a stand-in for `name`'s kube-apiserver (the images carry none): a second
+    /// HAProxy on the node's address and the API port, with the API server's own
+    /// certificate, answering every request (HAProxy's `/readyz` check too) with 200. One
+    /// event-driven process, as the API server is (a forking server such as socat's, under
+    /// TCG, took longer than a check's interval to answer). A transient unit
     /// `standin-apiserver`, stopped after keepalived at shutdown (as kubelet's graceful
-    /// shutdown drains the real one while the node still holds the VIP), only its listener
-    /// signalled, so requests in flight finish.
+    /// shutdown drains the real one while the node still holds the VIP), by HAProxy's soft
+    /// stop, so requests in flight finish.
     pub fn start_standin(&self, name: &str) {
-        // The request is read to its blank line before the answer: closing with unread
-        // input would send a reset instead of the answer.
-        let reply = "#!/bin/sh\nwhile IFS= read -r l; do case \"$l\" in ''|\"$(printf '\\r')\") break;; esac; done\n\
-                     printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nok\\n'\n";
-        let serve = format!(
-            "#!/bin/sh\nexec socat OPENSSL-LISTEN:{port},bind={ip},reuseaddr,fork,cert=/etc/kubernetes/pki/apiserver.crt,key=/etc/kubernetes/pki/apiserver.key,verify=0 EXEC:/run/standin-reply\n",
+        let config = format!(
+            "global\n\tmaxconn 1000\ndefaults\n\tmode http\n\ttimeout connect 2s\n\
+             \ttimeout client 10s\n\ttimeout server 10s\nfrontend standin\n\
+             \tbind {ip}:{port} ssl crt /run/standin.pem\n\
+             \thttp-request return status 200 content-type text/plain string ok\n",
             port = self.session.api_port(),
             ip = self.ip(name)
         );
         let (code, out) = self.ssh(
             name,
             &format!(
-                "printf '%s' {} | sudo tee /run/standin-reply >/dev/null && \
-                 printf '%s' {} | sudo tee /run/standin-serve >/dev/null && \
-                 sudo chmod 755 /run/standin-reply /run/standin-serve && \
-                 sudo systemd-run --unit=standin-apiserver --property=KillMode=process \
-                 --property=Before=keepalived.service /run/standin-serve",
-                quote(reply),
-                quote(&serve)
+                "sudo systemctl stop standin-apiserver 2>/dev/null; \
+                 sudo systemctl reset-failed standin-apiserver 2>/dev/null; \
+                 sudo sh -c 'umask 077; cat /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key > /run/standin.pem' && \
+                 printf '%s' {} | sudo tee /run/standin.cfg >/dev/null && \
+                 sudo haproxy -c -q -f /run/standin.cfg && \
+                 sudo systemd-run --unit=standin-apiserver --property=KillSignal=SIGUSR1 \
+                 --property=Before=keepalived.service haproxy -db -f /run/standin.cfg",
+                quote(&config)
             ),
         );
         assert_eq!(code, 0, "{name}: stand-in API server: {out}");
