@@ -642,10 +642,10 @@ fn the_example_cluster_holds_its_vip_through_failures() {
 /// HAProxy and keepalived around failed API servers (docs/cluster.md), with a stand-in
 /// API server on each control-plane node and a client through the VIP every 50 ms:
 /// master1's API server killed, HAProxy takes it out of rotation within 1.5 s and no
-/// request fails after that; HAProxy killed on master1, the VIP moves at once (keepalived
-/// follows HAProxy's process) and comes back when systemd has restarted it; master1
-/// rebooted gracefully, the VIP moves before its HAProxy and its API server stop. Ends
-/// with master1 running and holding the VIP.
+/// request fails after that; HAProxy killed on master1, the VIP moves (HAProxy's
+/// ExecStopPost stops keepalived) and comes back when systemd has restarted it; master1
+/// rebooted gracefully, the VIP handed over before its HAProxy and its API server stop,
+/// with no failed request. Ends with master1 running and holding the VIP.
 fn api_server_failures(c: &mut TestCluster, clock: &mut Clock) {
     use harness::cluster::ClientLoop;
     let masters = ["master1", "master2", "master3"];
@@ -776,20 +776,6 @@ fn api_server_failures(c: &mut TestCluster, clock: &mut Clock) {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("master1 never took the VIP back: {back}"));
-    let lines = std::fs::read_to_string(&client.log).unwrap_or_default();
-    let fails = |from: f64, to: f64| -> Vec<String> {
-        lines
-            .lines()
-            .filter(|l| l.contains(" fail"))
-            .filter(|l| {
-                l.split(' ')
-                    .next()
-                    .and_then(|t| t.parse::<f64>().ok())
-                    .is_some_and(|t| t > from && t <= to)
-            })
-            .map(str::to_string)
-            .collect()
-    };
     let attempts = client.attempts();
     let count = |from: f64, to: f64| {
         attempts
@@ -800,7 +786,10 @@ fn api_server_failures(c: &mut TestCluster, clock: &mut Clock) {
     // Up to a second before the preemption: the handover (the VIP to master2) and
     // master1's boot. From there: the VIP taken back.
     let split = back - 1.0;
-    let (handover_fails, back_fails) = (fails(reboot_at, split), fails(split, f64::MAX));
+    let (handover_fails, back_fails) = (
+        client.failures_between(reboot_at, split),
+        client.failures_between(split, f64::MAX),
+    );
     eprintln!(
         "cluster: master1 rebooted gracefully (running again {:.1} s after): {} requests through the VIP while it handed the VIP over and rebooted, {} failed {:?}; {} while it took the VIP back, {} failed {:?}",
         took.as_secs_f64(),

@@ -417,6 +417,22 @@ impl ClientLoop {
             .collect()
     }
 
+    /// The log lines of the attempts that began after `from` and by `to` and failed.
+    pub fn failures_between(&self, from: f64, to: f64) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let mut w = l.split(' ');
+                w.next()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(|t| t > from && t <= to)
+                    && w.next() == Some("fail")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Waits until `n` attempts in a row succeeded.
     pub fn wait_ok(&self, n: usize, timeout: Duration) {
         let start = Instant::now();
