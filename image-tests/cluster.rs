@@ -760,6 +760,13 @@ fn api_server_failures(c: &mut TestCluster, clock: &mut Clock) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
+    // Where master2's HAProxy's journal stands before the reboot (its cursor), so that
+    // what it logs about master1's API server afterwards can be read in order.
+    let (_, cursor) = c.ssh(
+        "master2",
+        "sudo journalctl -t haproxy -n 1 --show-cursor -o cat --no-pager | sed -n 's/^-- cursor: //p'",
+    );
+    let cursor = cursor.trim().to_string();
     let watch = c.ping_watch(&c.vip.clone());
     let wall = std::time::SystemTime::now();
     let took = c.reboot("master1");
@@ -800,6 +807,39 @@ fn api_server_failures(c: &mut TestCluster, clock: &mut Clock) {
         back_fails.len(),
         back_fails
     );
+    // How the other HAProxies saw master1's API server go: NOLB ("stopping": draining,
+    // its sessions left to finish) before DOWN (its listener closed). (Each line is
+    // logged twice: syslog and stderr.)
+    let after = if cursor.is_empty() {
+        "-b".to_string()
+    } else {
+        format!("--after-cursor {}", harness::cluster::quote(&cursor))
+    };
+    let (_, seen) = c.ssh(
+        "master2",
+        &format!(
+            "sudo journalctl -t haproxy {after} -o short-unix --no-pager | grep 'kube-apiserver/master1 is' | sed 's/ .*kube-apiserver\\/master1 is \\([A-Za-z]*\\).*/ \\1/'"
+        ),
+    );
+    let mut seen: Vec<(String, f64)> = seen
+        .lines()
+        .filter_map(|l| {
+            let (t, what) = l.trim().split_once(' ')?;
+            Some((what.to_string(), t.parse::<f64>().ok()? - reboot_at))
+        })
+        .collect();
+    seen.dedup_by(|b, a| a.0 == b.0);
+    let seen: Vec<String> = seen
+        .into_iter()
+        .map(|(what, t)| format!("{what} at {t:+.1} s"))
+        .collect();
+    eprintln!(
+        "cluster: master2's HAProxy saw master1's API server (times from the reboot, guest clock): {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.starts_with("stopping ")),
+        "master2's HAProxy never drained master1's API server (NOLB) as it shut down: {seen:?}"
+    );
     assert!(
         handover_fails.is_empty(),
         "requests through the VIP failed while master1 handed the VIP over ({})",
@@ -814,7 +854,7 @@ fn api_server_failures(c: &mut TestCluster, clock: &mut Clock) {
     clock.step("graceful reboot of master1");
     drop(client);
     for m in masters {
-        let _ = c.ssh(m, "sudo systemctl stop standin-apiserver");
+        c.kill_standin(m);
     }
 }
 

@@ -16,7 +16,7 @@ use super::{PingWatch, Probe, TestKey};
 pub const HOST_IP: &str = "192.168.1.5";
 
 /// `s` quoted for a POSIX shell.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -373,9 +373,11 @@ impl TestCluster {
 }
 
 /// A client of the API's VIP from the test's address on the segment: every 50 ms a new
-/// TLS connection through the VIP asks `GET /readyz`; each attempt is logged as
-/// "EPOCH-SECONDS ok" (an HTTP 200 came back) or "EPOCH-SECONDS fail ENDED-AT WHAT"
-/// (openssl's error). Stopped when dropped.
+/// TLS connection through the VIP asks `GET /version` (served by an API server also while
+/// it drains; its `/readyz` then fails, which is HAProxy's business, not a client's); each
+/// attempt is logged as "EPOCH-SECONDS ok" (an HTTP 200 came back) or "EPOCH-SECONDS fail
+/// ENDED-AT WHAT" (the response's status line, or "(no response)", and openssl's error).
+/// Stopped when dropped.
 pub struct ClientLoop {
     child: std::process::Child,
     pub log: PathBuf,
@@ -389,8 +391,9 @@ impl ClientLoop {
         let err = c.dir.join(format!("client-{name}.err"));
         let script = format!(
             "while :; do t=$(date +%s.%N); \
-             if printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' | timeout 3 openssl s_client -quiet -connect {target} 2>{err} | head -n 1 | grep -q ' 200 '; \
-             then echo \"$t ok\"; else echo \"$t fail $(date +%s.%N) $(grep -v 'depth=\\|verify\\|servername' {err} | tr '\\n' ' ' | cut -c1-200)\"; fi; sleep 0.05; done",
+             line=$(printf 'GET /version HTTP/1.0\\r\\n\\r\\n' | timeout 3 openssl s_client -quiet -connect {target} 2>{err} | head -n 1 | tr -d '\\r'); \
+             case \"$line\" in *' 200 '*) echo \"$t ok\";; \
+             *) echo \"$t fail $(date +%s.%N) ${{line:-(no response)}} $(grep -v 'depth=\\|verify\\|servername' {err} | tr '\\n' ' ' | cut -c1-200)\";; esac; sleep 0.05; done",
             err = err.display()
         );
         let child = c
@@ -480,35 +483,71 @@ impl TestCluster {
     /// HAProxy on the node's address and the API port, with the API server's own
     /// certificate, answering every request (HAProxy's `/readyz` check too) with 200. One
     /// event-driven process, as the API server is (a forking server such as socat's, under
-    /// TCG, took longer than a check's interval to answer). A transient unit
-    /// `standin-apiserver`, stopped after keepalived at shutdown (as kubelet's graceful
-    /// shutdown drains the real one while the node still holds the VIP), by HAProxy's soft
-    /// stop, so requests in flight finish.
+    /// TCG, took longer than a check's interval to answer). A unit `standin-apiserver`
+    /// (in /run), stopped after keepalived at shutdown (as kubelet's graceful shutdown
+    /// drains the real one while the node still holds the VIP), and stopped as
+    /// kube-apiserver stops on SIGTERM: `/readyz` fails at once (HTTP 500, still
+    /// answering), for the node's `--shutdown-delay-duration` (read from its rendered
+    /// manifest) requests are still served, then HAProxy's soft stop closes the listener
+    /// and lets the requests in flight finish. Killed (`kill_standin`), it is a dead API
+    /// server.
     pub fn start_standin(&self, name: &str) {
         let config = format!(
-            "global\n\tmaxconn 1000\ndefaults\n\tmode http\n\ttimeout connect 2s\n\
+            "global\n\tmaxconn 1000\n\tstats socket ipv4@127.0.0.1:{STANDIN_CLI} level admin\n\
+             defaults\n\tmode http\n\ttimeout connect 2s\n\
              \ttimeout client 10s\n\ttimeout server 10s\nfrontend standin\n\
              \tbind {ip}:{port} ssl crt /run/standin.pem\n\
+             \tacl draining str(drain) -m str -f /run/standin.drain\n\
+             \thttp-request return status 500 content-type text/plain string \"[-]shutdown failed\" if {{ path /readyz }} draining\n\
              \thttp-request return status 200 content-type text/plain string ok\n",
             port = self.session.api_port(),
             ip = self.ip(name)
         );
+        // ExecStop: /readyz fails, the delay, then systemd's SIGUSR1 (HAProxy's soft stop).
+        // Nothing to drain when the process is already gone (killed: a dead API server).
+        let stop = format!(
+            r#"#!/bin/sh
+[ -n "${{MAINPID:-}}" ] || exit 0
+echo "add acl /run/standin.drain drain" | socat -t 2 - TCP:127.0.0.1:{STANDIN_CLI}
+d=$(sed -n 's/.*--shutdown-delay-duration=\([0-9]*\)s.*/\1/p' /etc/kubernetes/manifests/kube-apiserver.yaml)
+sleep "${{d:-0}}"
+"#
+        );
+        let unit = "[Unit]\nDescription=stand-in kube-apiserver (test)\nBefore=keepalived.service\n\
+                    [Service]\nExecStart=/usr/sbin/haproxy -db -f /run/standin.cfg\n\
+                    ExecStop=/bin/sh /run/standin-stop.sh\nKillSignal=SIGUSR1\nTimeoutStopSec=30s\n";
         let (code, out) = self.ssh(
             name,
             &format!(
-                "sudo systemctl stop standin-apiserver 2>/dev/null; \
+                "sudo systemctl kill --signal=SIGKILL standin-apiserver 2>/dev/null; \
+                 sudo systemctl stop standin-apiserver 2>/dev/null; \
                  sudo systemctl reset-failed standin-apiserver 2>/dev/null; \
-                 sudo sh -c 'umask 077; cat /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key > /run/standin.pem' && \
+                 sudo sh -c 'umask 077; cat /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key > /run/standin.pem; : > /run/standin.drain' && \
                  printf '%s' {} | sudo tee /run/standin.cfg >/dev/null && \
+                 printf '%s' {} | sudo tee /run/standin-stop.sh >/dev/null && \
+                 printf '%s' {} | sudo tee /run/systemd/system/standin-apiserver.service >/dev/null && \
                  sudo haproxy -c -q -f /run/standin.cfg && \
-                 sudo systemd-run --unit=standin-apiserver --property=KillSignal=SIGUSR1 \
-                 --property=Before=keepalived.service haproxy -db -f /run/standin.cfg",
-                quote(&config)
+                 sudo systemctl daemon-reload && sudo systemctl start standin-apiserver",
+                quote(&config),
+                quote(&stop),
+                quote(unit)
             ),
         );
         assert_eq!(code, 0, "{name}: stand-in API server: {out}");
     }
+
+    /// Ends `name`'s stand-in API server at once (SIGKILL, no drain).
+    pub fn kill_standin(&self, name: &str) {
+        let _ = self.ssh(
+            name,
+            "sudo systemctl kill --signal=SIGKILL standin-apiserver; sudo systemctl stop standin-apiserver",
+        );
+    }
 }
+
+/// The stand-in API server's HAProxy CLI (loopback only), through which its stop makes
+/// `/readyz` fail.
+const STANDIN_CLI: u16 = 8405;
 
 impl TestCluster {
     /// Reboots `name` from inside (`systemctl reboot`: a graceful shutdown, the machine

@@ -600,8 +600,10 @@ fn check_failover(c: &mut Collector, cp: &super::file::ControlPlaneSection) {
             ),
         );
     }
-    // An API server shutting down must stay in service until every HAProxy has seen its
-    // /readyz fail: a check interval for the check in flight, then `fall` failures.
+    // An API server shutting down must stay in service until no HAProxy sends it new
+    // connections: one failed /readyz does that (NOLB), but a draining API server too slow
+    // to answer its checks in time is only taken out after `fall` of them (DOWN), so the
+    // bound is a check interval for the check in flight, then `fall` checks.
     let detect_ms = u64::from(check) * u64::from(cp.api_check_fall + 1);
     if u64::from(cp.api_shutdown_delay_seconds) * 1000 < detect_ms
         || cp.api_shutdown_delay_seconds > 300
@@ -610,8 +612,8 @@ fn check_failover(c: &mut Collector, cp: &super::file::ControlPlaneSection) {
             "control_plane.api_shutdown_delay_seconds",
             format!(
                 "{} s: must be at least {:.1} s, the time HAProxy takes to take a draining API \
-                 server out of rotation (api_check_interval_ms x (api_check_fall + 1)), and at \
-                 most 300",
+                 server out of rotation even when its checks time out \
+                 (api_check_interval_ms x (api_check_fall + 1)), and at most 300",
                 cp.api_shutdown_delay_seconds,
                 detect_ms as f64 / 1000.0
             ),

@@ -10,10 +10,11 @@
 set -u
 vip=192.168.1.100
 port=6443
-# Not the holder, or HAProxy already gone (its ExecStopPost stops keepalived): nothing to
-# hand over, the VIP goes at once.
+# Not the holder, or HAProxy's unit no longer active (it died or is stopping: its
+# ExecStopPost stops keepalived): nothing to hand over, the VIP goes at once. (The unit's
+# state, not a process name: any other HAProxy on the node would match that.)
 ip -o addr show to "$vip" | grep -q . || exit 0
-pgrep -x haproxy >/dev/null || exit 0
+systemctl is-active --quiet haproxy.service || exit 0
 rules="table ip slipway-handover {
 	chain input {
 		type filter hook input priority -10; policy accept;
