@@ -25,10 +25,15 @@ if ! nft -f - <<<"$rules"; then
 	echo "vip-handover: nft failed; the VIP goes now" >&2
 	exit 0
 fi
+# Up to 1 s of wall time (bash's clock in microseconds: no process per look at it; a
+# count of rounds would stretch on a loaded node, and every moment here is one in which
+# new connections wait).
+deadline=$((${EPOCHREALTIME//[!0-9]/} + 1000000))
 left=
-for _ in $(seq 20); do
+while :; do
 	left=$(ss -Htn state established src "$vip:$port" | wc -l)
 	[ "$left" = 0 ] && break
+	[ "${EPOCHREALTIME//[!0-9]/}" -ge "$deadline" ] && break
 	sleep 0.05
 done
 echo "vip-handover: new connections to $vip:$port held back; $left still open as the VIP goes"
