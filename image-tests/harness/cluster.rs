@@ -413,44 +413,33 @@ impl ClientLoop {
 
     /// (time, succeeded) of every attempt so far.
     pub fn attempts(&self) -> Vec<(f64, bool)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.read()
             .lines()
-            .filter_map(|l| {
-                let mut w = l.split(' ');
-                Some((w.next()?.parse().ok()?, w.next()? == "ok"))
-            })
+            .filter_map(parse_attempt)
+            .map(|(t, ok, _)| (t, ok))
             .collect()
     }
 
     /// The log lines of the attempts that began after `from` and by `to` and failed.
     pub fn failures_between(&self, from: f64, to: f64) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.read()
             .lines()
-            .filter(|l| {
-                let mut w = l.split(' ');
-                w.next()
-                    .and_then(|t| t.parse::<f64>().ok())
-                    .is_some_and(|t| t > from && t <= to)
-                    && w.next() == Some("fail")
-            })
+            .filter(|l| parse_attempt(l).is_some_and(|(t, ok, _)| !ok && t > from && t <= to))
             .map(str::to_string)
             .collect()
     }
 
     /// The longest time a successful attempt that began after `from` and by `to` took.
     pub fn slowest_between(&self, from: f64, to: f64) -> f64 {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.read()
             .lines()
-            .filter_map(|l| {
-                let mut w = l.split(' ');
-                let t: f64 = w.next()?.parse().ok()?;
-                (w.next()? == "ok" && t > from && t <= to)
-                    .then(|| w.next()?.parse::<f64>().ok().map(|e| e - t))?
-            })
+            .filter_map(parse_attempt)
+            .filter_map(|(t, ok, ended)| (ok && t > from && t <= to).then_some(ended? - t))
             .fold(0.0, f64::max)
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until `n` attempts in a row succeeded.
@@ -469,6 +458,28 @@ impl ClientLoop {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// One line of a `ClientLoop`'s log: (began, succeeded, ended).
+fn parse_attempt(line: &str) -> Option<(f64, bool, Option<f64>)> {
+    let mut w = line.split(' ');
+    let began = w.next()?.parse().ok()?;
+    let ok = w.next()? == "ok";
+    Some((began, ok, w.next().and_then(|e| e.parse().ok())))
+}
+
+#[test]
+fn client_log_lines() {
+    assert_eq!(
+        parse_attempt("10.5 ok 11.25"),
+        Some((10.5, true, Some(11.25)))
+    );
+    assert_eq!(
+        parse_attempt("10.5 fail 13.5 (no response) err"),
+        Some((10.5, false, Some(13.5)))
+    );
+    assert_eq!(parse_attempt("10.5 ok"), Some((10.5, true, None)));
+    assert_eq!(parse_attempt("torn"), None);
 }
 
 impl Drop for ClientLoop {
@@ -536,8 +547,7 @@ sleep "${{d:-0}}"
         let (code, out) = self.ssh(
             name,
             &format!(
-                "sudo systemctl kill --signal=SIGKILL standin-apiserver 2>/dev/null; \
-                 sudo systemctl stop standin-apiserver 2>/dev/null; \
+                "{KILL_STANDIN} 2>/dev/null; \
                  sudo systemctl reset-failed standin-apiserver 2>/dev/null; \
                  sudo sh -c 'umask 077; cat /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key > /run/standin.pem; : > /run/standin.drain' && \
                  printf '%s' {} | sudo tee /run/standin.cfg >/dev/null && \
@@ -555,16 +565,18 @@ sleep "${{d:-0}}"
 
     /// Ends `name`'s stand-in API server at once (SIGKILL, no drain).
     pub fn kill_standin(&self, name: &str) {
-        let _ = self.ssh(
-            name,
-            "sudo systemctl kill --signal=SIGKILL standin-apiserver; sudo systemctl stop standin-apiserver",
-        );
+        let _ = self.ssh(name, KILL_STANDIN);
     }
 }
 
 /// The stand-in API server's HAProxy CLI (loopback only), through which its stop makes
 /// `/readyz` fail.
 const STANDIN_CLI: u16 = 8405;
+
+/// Ends a stand-in API server without its drain (its stop script skips the drain once the
+/// process is gone).
+const KILL_STANDIN: &str =
+    "sudo systemctl kill --signal=SIGKILL standin-apiserver; sudo systemctl stop standin-apiserver";
 
 impl TestCluster {
     /// Reboots `name` from inside (`systemctl reboot`: a graceful shutdown, the machine
