@@ -30,6 +30,10 @@ pub struct ClusterCtx<'a> {
     pub vrrp_advert_int: String,
     pub api_check_interval_ms: u32,
     pub api_check_fall: u32,
+    /// HAProxy's `fastinter`: the checks' interval once one has failed (a fifth of the
+    /// interval, at least 100 ms), so that a dead API server is out of rotation soon
+    /// after its first failed check.
+    pub api_check_fastinter_ms: u32,
     pub api_shutdown_delay_seconds: u32,
     pub run_workloads: bool,
     pub images: ImagesCtx,
@@ -126,6 +130,9 @@ impl<'a> Context<'a> {
             vrrp_advert_int: seconds(cluster.control_plane.vrrp_advert_interval_ms),
             api_check_interval_ms: cluster.control_plane.api_check_interval_ms,
             api_check_fall: cluster.control_plane.api_check_fall,
+            api_check_fastinter_ms: (cluster.control_plane.api_check_interval_ms / 5)
+                .max(100)
+                .min(cluster.control_plane.api_check_interval_ms),
             api_shutdown_delay_seconds: cluster.control_plane.api_shutdown_delay_seconds,
             run_workloads: cluster.control_plane.run_workloads,
             images: ImagesCtx {
