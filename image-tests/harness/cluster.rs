@@ -139,6 +139,17 @@ impl TestCluster {
         ok(self.session.wait_vip_on(name, settle, timeout))
     }
 
+    /// Waits until another node than `name` has held the VIP for `settle`; returns when
+    /// it began, and which node.
+    pub fn wait_vip_off(
+        &self,
+        name: &str,
+        settle: Duration,
+        timeout: Duration,
+    ) -> (Instant, String) {
+        ok(self.session.wait_vip_off(name, settle, timeout))
+    }
+
     /// A ping of `ip` from the segment ten times a second, logged in the test's directory.
     pub fn ping_watch(&self, ip: &str) -> PingWatch {
         ok(PingWatch::start(

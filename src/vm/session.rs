@@ -702,21 +702,55 @@ impl Session {
         settle: Duration,
         timeout: Duration,
     ) -> Result<Instant, VmError> {
+        self.wait_vip_held(|h| h == name, &format!("on {name}"), settle, timeout)
+            .map(|(since, _)| since)
+    }
+
+    /// Waits until a node other than `name` has answered for the VIP for `settle`
+    /// without a change (whichever backup took it); an error after `timeout`. Returns
+    /// when it began holding it, and its name.
+    pub fn wait_vip_off(
+        &self,
+        name: &str,
+        settle: Duration,
+        timeout: Duration,
+    ) -> Result<(Instant, String), VmError> {
+        let nodes = &self.record.nodes;
+        self.wait_vip_held(
+            |h| h != name && nodes.contains_key(h),
+            &format!("off {name}"),
+            settle,
+            timeout,
+        )
+    }
+
+    /// Waits until one holder for which `wanted` is true has answered for the VIP for
+    /// `settle` without a change.
+    fn wait_vip_held(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        what: &str,
+        settle: Duration,
+        timeout: Duration,
+    ) -> Result<(Instant, String), VmError> {
         let start = Instant::now();
-        let mut since: Option<Instant> = None;
+        let mut since: Option<(Instant, String)> = None;
         loop {
             let holder = self.vip_holder();
-            if holder.as_deref() == Some(name) {
-                let s = *since.get_or_insert_with(Instant::now);
-                if s.elapsed() >= settle {
-                    return Ok(s);
-                }
-            } else {
-                since = None;
+            match &holder {
+                Some(h) if wanted(h) => match &since {
+                    Some((s, who)) if who == h => {
+                        if s.elapsed() >= settle {
+                            return Ok((*s, h.clone()));
+                        }
+                    }
+                    _ => since = Some((Instant::now(), h.clone())),
+                },
+                _ => since = None,
             }
             if start.elapsed() > timeout {
                 return Err(VmError::Session(format!(
-                    "the VIP {} is not on {name} within {} s (holder: {holder:?})",
+                    "the VIP {} is not {what} within {} s (holder: {holder:?})",
                     self.record.vip,
                     timeout.as_secs()
                 )));
